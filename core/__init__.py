@@ -1,0 +1,1 @@
+"""Pure Keras/TensorFlow logic of the transfer-learning dashboard (no Streamlit)."""

@@ -1,0 +1,35 @@
+"""Shared test setup.
+
+Keras reads KERAS_HOME once, at import, so it is pointed at a writable cache
+that links the real ImageNet weights from ../shared before anything imports keras.
+"""
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+SHARED_WEIGHTS = SHARED / "keras" / "models"
+SHARED_DATASETS = SHARED / "datasets"
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_keras_home = Path(tempfile.mkdtemp(prefix="keras-home-"))
+(_keras_home / "models").mkdir()
+if SHARED_WEIGHTS.is_dir():
+    for weights_file in SHARED_WEIGHTS.glob("*.h5"):
+        (_keras_home / "models" / weights_file.name).symlink_to(weights_file)
+os.environ["KERAS_HOME"] = str(_keras_home)
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    """The real image datasets in ../shared (required: CI provides them)."""
+    assert SHARED_DATASETS.is_dir(), f"missing {SHARED_DATASETS}: tests need ../shared"
+    return SHARED_DATASETS
+
+
+@pytest.fixture(scope="session")
+def keras_home() -> Path:
+    return _keras_home
