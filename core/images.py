@@ -1,0 +1,241 @@
+"""Robust image loading: any common file or upload -> uint8 RGB array.
+
+Images come from users' folders and uploads, so every file is treated as
+untrusted: the pixel count is checked from the header before decoding, the
+whole file is decoded so truncation is caught, and every failure becomes an
+`ImageError` with a short reason instead of a traceback.
+"""
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import ExifTags, Image, ImageOps
+
+from core.errors import UserError
+
+#: File name suffixes treated as images (lower case; matching ignores case).
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+
+#: Default limit on width x height, checked before decoding (decompression bombs).
+MAX_PIXELS = 40_000_000
+
+ImageSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
+
+# Only these decoders are ever used, so odd formats (EPS runs Ghostscript) are refused.
+_PIL_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+_ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+_WHITE = (255, 255, 255)
+
+_FORMAT_HINT = "Use a JPEG, PNG, BMP, GIF, WebP or TIFF image."
+_CORRUPT_HINT = "Re-export or re-download the file, or remove it from the data."
+
+
+class ImageError(UserError):
+    """An image that cannot be used; `reason` is the short cause ("not an image")."""
+
+    def __init__(self, reason: str, hint: str = "", source: str = ""):
+        super().__init__(f"{source}: {reason}" if source else reason, hint)
+        self.reason = reason
+        self.source = source
+
+
+@dataclass
+class SkippedFile:
+    """A file `load_images` left out, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class LoadedImages:
+    """Result of `load_images`.
+
+    images: (N, size, size, 3) uint8 array of the images that loaded.
+    kept: for each row of `images`, its index in the input list.
+    sizes: original (width, height) of each kept image, as displayed (EXIF applied).
+    skipped: the files that could not be used, with their reasons.
+    """
+
+    images: np.ndarray
+    kept: list[int] = field(default_factory=list)
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """Whether `path` has an image suffix (any case) and is not a hidden file.
+
+    Hidden files such as macOS' `._photo.jpg` resource forks are not images.
+    """
+    path = Path(path)
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def load_image(
+    source: ImageSource, size: int | None = None, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """Load one image as a uint8 (height, width, 3) RGB array.
+
+    Args:
+        source: a file path, the file's bytes, or a binary file object such
+            as an upload (read from its current position, left open).
+        size: when given, the image is resized to (size, size) with
+            antialiasing, squashed without cropping, like Keras'
+            `image_dataset_from_directory`.
+        max_pixels: images whose header declares more pixels than this are
+            refused before any decoding.
+
+    Raises:
+        ImageError: the source is unreadable, not an image, corrupt or too large.
+    """
+    pixels, _ = _load(source, size, max_pixels)
+    return pixels
+
+
+def load_images(
+    paths: Sequence[str | os.PathLike],
+    size: int,
+    workers: int | None = None,
+    max_pixels: int = MAX_PIXELS,
+    progress: Callable[[int, int], None] | None = None,
+) -> LoadedImages:
+    """Load many image files in parallel, resized to (size, size).
+
+    Never raises for a bad file: it is reported in `skipped` with its reason.
+    Rows of `images` keep the input order.
+
+    Args:
+        paths: image files to load.
+        size: side of the square output images.
+        workers: decoding threads (default: ThreadPoolExecutor's, a few more
+            than the CPU cores so file reads overlap decoding).
+        max_pixels: per-image limit, as in `load_image`.
+        progress: called as `progress(done, total)` after each file, from the
+            calling thread.
+    """
+    total = len(paths)
+    images = np.empty((total, size, size, 3), dtype=np.uint8)
+    sizes: dict[int, tuple[int, int]] = {}
+    reasons: dict[int, str] = {}
+
+    def load_into(index: int) -> None:
+        try:
+            images[index], sizes[index] = _load(paths[index], size, max_pixels)
+        except ImageError as error:
+            reasons[index] = error.reason
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(load_into, index) for index in range(total)]
+        for done, future in enumerate(as_completed(futures), start=1):
+            future.result()
+            if progress is not None:
+                progress(done, total)
+
+    kept = sorted(sizes)
+    return LoadedImages(
+        images=images if len(kept) == total else images[kept],
+        kept=kept,
+        sizes=[sizes[index] for index in kept],
+        skipped=[SkippedFile(str(paths[index]), reasons[index]) for index in sorted(reasons)],
+    )
+
+
+def _load(
+    source: ImageSource, size: int | None, max_pixels: int
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode `source`; returns the RGB pixels and the original displayed size."""
+    name = _source_name(source)
+    with _binary_stream(source, name) as stream:
+        try:
+            with Image.open(stream, formats=_PIL_FORMATS) as image:
+                return _decode(image, size, max_pixels, name)
+        except ImageError:
+            raise
+        except Image.UnidentifiedImageError:
+            raise ImageError("not an image", _FORMAT_HINT, name) from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as bomb:
+            raise ImageError(f"image too large: {bomb}", _CORRUPT_HINT, name) from None
+        except Exception as error:  # decoders of untrusted data raise many exception types
+            raise ImageError("truncated or corrupt image data", _CORRUPT_HINT, name) from error
+
+
+def _source_name(source: ImageSource) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    return str(getattr(source, "name", ""))
+
+
+@contextmanager
+def _binary_stream(source: ImageSource, name: str) -> Iterator[BinaryIO]:
+    """A readable binary stream over `source`; files opened here are closed here."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        yield io.BytesIO(source)
+    elif isinstance(source, (str, os.PathLike)):
+        try:
+            stream = open(source, "rb")
+        except OSError as error:
+            raise ImageError(
+                f"cannot read file ({error.strerror})", "Check that the file exists.", name
+            ) from None
+        with stream:
+            yield stream
+    else:
+        with nullcontext(source) as stream:
+            yield stream
+
+
+def _decode(
+    image: Image.Image, size: int | None, max_pixels: int, name: str
+) -> tuple[np.ndarray, tuple[int, int]]:
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(
+            f"image too large: {width}×{height} pixels exceeds the limit of {max_pixels:,}",
+            "Downscale the image or remove it from the data.",
+            name,
+        )
+    if size and image.format == "JPEG":
+        image.draft("RGB", (size, size))  # decode at 1/2, 1/4 or 1/8 scale: much faster
+    image.load()
+    if image.getexif().get(ExifTags.Base.Orientation) in _ROTATED_ORIENTATIONS:
+        width, height = height, width
+    ImageOps.exif_transpose(image, in_place=True)
+    rgb = _to_rgb(image)
+    if size and rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)  # antialiased when shrinking
+    return np.asarray(rgb, dtype=np.uint8), (width, height)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any mode to 8-bit RGB; transparency is composited over white."""
+    if image.mode in _SIXTEEN_BIT_MODES:
+        return _gray_to_rgb(np.round(np.asarray(image) / 257.0))
+    if image.mode in ("I", "F"):
+        return _gray_to_rgb(_stretch(np.asarray(image, dtype=np.float64)))
+    if image.has_transparency_data:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, _WHITE)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def _stretch(values: np.ndarray) -> np.ndarray:
+    """Map the range of 32-bit integer or float data (no declared depth) onto 0..255."""
+    values = np.nan_to_num(values)
+    low, high = values.min(), values.max()
+    return (values - low) * (255.0 / (high - low if high > low else 1.0))
+
+
+def _gray_to_rgb(gray: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.clip(gray, 0, 255).astype(np.uint8), "L").convert("RGB")
