@@ -5,6 +5,7 @@ untrusted: the pixel count is checked from the header before decoding, the
 whole file is decoded so truncation is caught, and every failure becomes an
 `ImageError` with a short reason instead of a traceback.
 """
+
 from __future__ import annotations
 
 import io

@@ -1,4 +1,5 @@
 """Image loading: every pixel mode to RGB, corrupt and hostile files, batches."""
+
 import io
 import struct
 import zlib
@@ -35,11 +36,15 @@ def png_header_only(width: int, height: int) -> bytes:
     """A PNG claiming width x height whose pixel data is a few bytes: cheap to build."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     pixels = zlib.compress(bytes(64))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
 
 
 def two_colour_image(width=40, height=20) -> Image.Image:
@@ -140,7 +145,9 @@ def test_cmyk_red_stays_red(fmt):
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF"])
 def test_every_supported_format_loads(fmt):
-    pixels = load_image(encode(two_colour_image(), fmt, **({"quality": 95} if fmt == "JPEG" else {})))
+    pixels = load_image(
+        encode(two_colour_image(), fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    )
 
     assert pixels.shape == (20, 40, 3)
     assert pixels[10, 5, 0] > 200 and pixels[10, 5, 2] < 60
@@ -206,7 +213,9 @@ def test_resize_is_antialiased():
 
 
 def test_truncated_jpeg_is_refused(tmp_path):
-    data = encode(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)), "JPEG")
+    data = encode(
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)), "JPEG"
+    )
     path = tmp_path / "cut.jpg"
     path.write_bytes(data[: len(data) // 2])
 
@@ -242,7 +251,9 @@ def test_huge_header_is_refused_before_decoding():
     with pytest.raises(ImageError) as raised:
         load_image(png_header_only(8000, 8000))
 
-    assert raised.value.reason == "image too large: 8000×8000 pixels exceeds the limit of 40,000,000"
+    assert (
+        raised.value.reason == "image too large: 8000×8000 pixels exceeds the limit of 40,000,000"
+    )
 
 
 def test_pixel_limit_is_checked_before_the_missing_data_is_decoded():
@@ -272,13 +283,18 @@ def test_lowered_pixel_limit_refuses_a_real_image():
 
 def test_load_images_keeps_order_and_reports_skipped(tmp_path):
     colours = [RED, (0, 255, 0), BLUE]
-    good = [save(Image.new("RGB", (30 + i, 20), c), tmp_path / f"{i}.png") for i, c in enumerate(colours)]
+    good = [
+        save(Image.new("RGB", (30 + i, 20), c), tmp_path / f"{i}.png")
+        for i, c in enumerate(colours)
+    ]
     text = tmp_path / "readme.jpg"
     text.write_text("hello")
     paths = [good[0], text, good[1], tmp_path / "missing.png", good[2]]
     calls = []
 
-    result = load_images(paths, size=8, workers=3, progress=lambda done, total: calls.append((done, total)))
+    result = load_images(
+        paths, size=8, workers=3, progress=lambda done, total: calls.append((done, total))
+    )
 
     assert isinstance(result, LoadedImages)
     assert result.images.shape == (3, 8, 8, 3) and result.images.dtype == np.uint8
@@ -286,7 +302,9 @@ def test_load_images_keeps_order_and_reports_skipped(tmp_path):
     assert [tuple(image[4, 4]) for image in result.images] == colours
     assert result.sizes == [(30, 20), (31, 20), (32, 20)]
     assert result.skipped[0] == SkippedFile(str(text), "not an image")
-    assert result.skipped[1].path == str(paths[3]) and "cannot read file" in result.skipped[1].reason
+    assert (
+        result.skipped[1].path == str(paths[3]) and "cannot read file" in result.skipped[1].reason
+    )
     assert calls[-1] == (5, 5) and [done for done, _ in calls] == [1, 2, 3, 4, 5]
 
 
