@@ -21,6 +21,9 @@ if SHARED_WEIGHTS.is_dir():
     for weights_file in SHARED_WEIGHTS.glob("*.h5"):
         (_keras_home / "models" / weights_file.name).symlink_to(weights_file)
 os.environ["KERAS_HOME"] = str(_keras_home)
+# Generated demo data, extracted uploads and runs go to temp dirs, not the user's home.
+os.environ["TL_CACHE_DIR"] = tempfile.mkdtemp(prefix="tl-cache-")
+os.environ["TL_RUNS_DIR"] = tempfile.mkdtemp(prefix="tl-runs-")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,266 @@
+"""Data sources -> train / validation / test splits of raw RGB images.
+
+Every source (the built-in demo, TFDS, a folder on the server, an uploaded zip)
+ends as an `ImageData`: uint8 images resized to the chosen size, integer labels,
+class names, and the statistics the Data page shows. Training reads the splits
+through `tf_dataset()` (tf.data: shuffle, batch, prefetch).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from core import demo_data, files
+from core.config import DataConfig
+from core.errors import UserError
+from core.images import SkippedFile, is_image_file, load_images
+
+SPLITS = ("train", "validation", "test")
+_SPLIT_ALIASES = {"train": "train", "validation": "validation", "val": "validation", "valid": "validation", "test": "test"}
+#: Share of a given validation folder carved off as test when there is no test folder (the TF tutorial's 1/5).
+CARVED_TEST_SHARE = 0.2
+#: Largest / smallest class count above which classes are reported as unbalanced.
+IMBALANCE_RATIO = 3.0
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class ImageData:
+    """Images and labels per split, plus what the Data page reports about them."""
+
+    class_names: list[str]
+    splits: dict[str, tuple[np.ndarray, np.ndarray]]
+    description: str
+    skipped: list[SkippedFile] = field(default_factory=list)
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def counts(self) -> dict[str, list[int]]:
+        """Images per class for each split."""
+        return {
+            split: np.bincount(labels, minlength=self.num_classes).tolist()
+            for split, (_, labels) in self.splits.items()
+        }
+
+    def imbalance(self) -> float:
+        """Largest over smallest class count in the training split."""
+        train = self.counts()["train"]
+        return max(train) / max(min(train), 1)
+
+    def size_stats(self) -> dict[str, float]:
+        """Original image sizes: min / median / max of width and height."""
+        if not self.image_sizes:
+            return {}
+        sizes = np.asarray(self.image_sizes)
+        return {
+            f"{stat}_{axis}": float(fn(sizes[:, i]))
+            for i, axis in enumerate(("width", "height"))
+            for stat, fn in (("min", np.min), ("median", np.median), ("max", np.max))
+        }
+
+    def tf_dataset(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0):
+        """A batched tf.data pipeline of (float32 images in [0, 255], int32 labels)."""
+        import tensorflow as tf
+
+        images, labels = self.splits[split]
+        dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+        if shuffle:
+            dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.batch(batch_size).map(
+            lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE
+        )
+        return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def data_root() -> Path:
+    """The folder the "folder" source is confined to: $TL_DATA_ROOT or ./data."""
+    return Path(os.environ.get("TL_DATA_ROOT") or "data").resolve()
+
+
+def load(config: DataConfig, root: Path | None = None, progress: Progress | None = None) -> ImageData:
+    """Load the dataset `config` describes. `root` confines the folder source
+    (defaults to `data_root()`); the demo and zip sources live in the cache."""
+    if config.source == "demo":
+        return load_folder(demo_data.ensure_demo_dataset(), config, progress, description="Built-in demo: shapes")
+    if config.source == "folder":
+        folder = files.resolve_under_root(root or data_root(), config.name)
+        return load_folder(folder, config, progress)
+    if config.source == "zip":
+        return load_folder(extract_zip(Path(config.name)), config, progress, description=f"Uploaded {Path(config.name).name}")
+    if config.source == "tfds":
+        from core.tfds_source import load_tfds
+
+        return load_tfds(config, progress)
+    raise UserError(f"Unknown data source {config.source!r}.", "Use demo, tfds, folder or zip.")
+
+
+def extract_zip(archive: Path, cache_dir: Path | None = None) -> Path:
+    """Extract an uploaded zip once into the cache (keyed by its content) and return its data root."""
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()[:16]
+    target = Path(cache_dir or demo_data.default_cache_dir()) / "uploads" / digest
+    marker = target / ".root"
+    if marker.is_file():
+        return target / marker.read_text()
+    target.mkdir(parents=True, exist_ok=True)
+    data = files.safe_extract_zip(archive, target / "data")
+    marker.write_text(str(data.relative_to(target)))
+    return data
+
+
+def scan_folder(folder: Path) -> tuple[dict[str, dict[str, list[Path]]], list[SkippedFile], list[str]]:
+    """Find image files by split and class.
+
+    Returns ({split: {class: [files]}}, skipped files, notes). A folder whose
+    subfolders are train/validation[/test] is used as given (split key per
+    folder); otherwise its subfolders are classes (split key "all").
+    """
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder.", "Choose a folder that holds one subfolder per class.")
+    subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    split_folders = {_SPLIT_ALIASES[p.name.lower()]: p for p in subfolders if p.name.lower() in _SPLIT_ALIASES}
+    skipped: list[SkippedFile] = []
+    notes: list[str] = []
+    if "train" in split_folders:
+        skipped += _loose_files(folder)
+        if "validation" not in split_folders:
+            raise UserError(
+                f"{folder} has a train folder but no validation folder.",
+                "Add validation/<class>/ images, or put the class folders directly in the top folder.",
+            )
+        layout = {split: _scan_classes(path, skipped, notes) for split, path in split_folders.items()}
+    else:
+        layout = {"all": _scan_classes(folder, skipped, notes)}
+    return layout, skipped, notes
+
+
+def _loose_files(folder: Path) -> list[SkippedFile]:
+    return [SkippedFile(str(p), "not inside a class folder") for p in sorted(folder.iterdir()) if p.is_file()]
+
+
+def _scan_classes(folder: Path, skipped: list[SkippedFile], notes: list[str]) -> dict[str, list[Path]]:
+    skipped += _loose_files(folder)
+    classes: dict[str, list[Path]] = {}
+    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        images = []
+        for path in sorted(class_dir.rglob("*")):
+            if path.is_file() and not path.name.startswith("."):
+                if is_image_file(path):
+                    images.append(path)
+                else:
+                    skipped.append(SkippedFile(str(path), "not an image file type"))
+        if images:
+            classes[class_dir.name] = images
+        else:
+            notes.append(f"Class folder {class_dir.name!r} in {folder.name} has no images and was left out.")
+    return classes
+
+
+def load_folder(folder: Path, config: DataConfig, progress: Progress | None = None, description: str = "") -> ImageData:
+    """Load `folder` in either layout (see `scan_folder`), decode and split it."""
+    layout, skipped, notes = scan_folder(Path(folder))
+    class_names = sorted({name for classes in layout.values() for name in classes})
+    if len(class_names) < 2:
+        found = f"only {class_names[0]!r}" if class_names else "none"
+        raise UserError(
+            f"{folder} needs at least two classes with images; found {found}.",
+            "Put each class's images in its own subfolder (e.g. cats/, dogs/).",
+        )
+    index = {name: i for i, name in enumerate(class_names)}
+    paths, labels, groups = [], [], []
+    for split, classes in layout.items():
+        for name, class_files in classes.items():
+            paths += class_files
+            labels += [index[name]] * len(class_files)
+            groups += [split] * len(class_files)
+
+    loaded = load_images([str(p) for p in paths], config.image_size, progress=progress)
+    skipped += loaded.skipped
+    labels_kept = np.asarray(labels, dtype="int32")[loaded.kept]
+    groups_kept = np.asarray(groups)[loaded.kept]
+    if "all" in layout:
+        assignment = stratified_split(labels_kept, config.val_fraction, config.test_fraction, config.seed)
+    else:
+        assignment = groups_kept.copy()
+        if "test" not in layout:
+            assignment = _carve_test(assignment, labels_kept, config.seed)
+            notes.append(f"No test folder: {CARVED_TEST_SHARE:.0%} of validation was held out as the test split.")
+    splits = {}
+    for split in SPLITS:
+        chosen = np.flatnonzero(assignment == split)
+        splits[split] = (loaded.images[chosen], labels_kept[chosen])
+    data = ImageData(
+        class_names=class_names,
+        splits=splits,
+        description=description or f"Folder {folder}",
+        skipped=skipped,
+        image_sizes=loaded.sizes,
+        notes=notes,
+    )
+    check_usable(data)
+    return data
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
+    """Assign each index to train/validation/test, per class, reproducibly for a seed."""
+    if val_fraction <= 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
+        raise UserError(
+            f"Split fractions validation={val_fraction}, test={test_fraction} leave no training data.",
+            "Use a validation fraction above 0 and keep validation + test below 1.",
+        )
+    rng = np.random.default_rng(seed)
+    assignment = np.full(len(labels), "train", dtype=object)
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n_val = max(1, round(len(members) * val_fraction))
+        n_test = round(len(members) * test_fraction) if test_fraction else 0
+        if test_fraction and n_test == 0:
+            n_test = 1
+        assignment[members[:n_val]] = "validation"
+        assignment[members[n_val:n_val + n_test]] = "test"
+    return assignment.astype(str)
+
+
+def _carve_test(assignment: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    result = assignment.astype(object)
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero((assignment == "validation") & (labels == label)))
+        result[members[: int(round(len(members) * CARVED_TEST_SHARE))]] = "test"
+    return result.astype(str)
+
+
+def check_usable(data: ImageData) -> None:
+    counts = data.counts()
+    empty = [data.class_names[i] for i, n in enumerate(counts["train"]) if n == 0]
+    if empty:
+        raise UserError(
+            f"No usable training images for class(es): {', '.join(empty)}.",
+            "Check the skipped-file report: add readable images to those classes.",
+        )
+    if sum(counts["validation"]) == 0:
+        raise UserError("The validation split is empty.", "Add images or raise the validation fraction.")
+    ratio = data.imbalance()
+    if ratio > IMBALANCE_RATIO:
+        data.notes.append(
+            f"Classes are unbalanced: the largest has {ratio:.1f}x the images of the smallest. "
+            "Consider class weights when training."
+        )
+
+
+def class_counts_table(data: ImageData) -> list[dict]:
+    """Long-format rows (split, class, images) for charts and tables."""
+    return [
+        {"split": split, "class": data.class_names[i], "images": n}
+        for split, per_class in data.counts().items()
+        for i, n in enumerate(per_class)
+    ]
