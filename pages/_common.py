@@ -1,0 +1,81 @@
+"""What every page shares: the user's choices in session state, cached data, error boxes.
+
+Pages are thin views: they read and write the config dataclasses kept here and
+call `core` for everything else.
+"""
+from __future__ import annotations
+
+import dataclasses
+from contextlib import contextmanager
+
+import numpy as np
+import streamlit as st
+
+from core import datasets
+from core.config import AugmentConfig, DataConfig, ModelConfig, TrainConfig
+from core.errors import UserError
+
+DEFAULTS = {
+    "data_config": DataConfig(),
+    "augment_config": AugmentConfig(),
+    "model_config": ModelConfig(),
+    "head_config": TrainConfig(),
+}
+
+
+def state(key: str):
+    """The current value of one of the user's choices (see DEFAULTS)."""
+    if key not in st.session_state:
+        st.session_state[key] = DEFAULTS[key]
+    return st.session_state[key]
+
+
+def update(key: str, **changes) -> None:
+    st.session_state[key] = dataclasses.replace(state(key), **changes)
+
+
+def show_error(error: UserError) -> None:
+    """An error box saying what was wrong, and what to do about it."""
+    st.error(error.message, icon=":material/error:")
+    if error.hint:
+        st.info(error.hint, icon=":material/lightbulb:")
+
+
+@contextmanager
+def user_errors():
+    """Show a UserError raised inside the block as an error box instead of a traceback."""
+    try:
+        yield
+    except UserError as error:
+        show_error(error)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _load_data(config: DataConfig) -> datasets.ImageData:
+    bar = st.progress(0.0, text="Reading images...")
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(done / max(total, 1), text=f"Reading images: {done:,} of {total:,}")
+
+    try:
+        return datasets.load(config, progress=progress)
+    finally:
+        bar.empty()
+
+
+def current_data() -> datasets.ImageData | None:
+    """The dataset for the current data config, loaded once per server; None (with an
+    error box shown) when it cannot be loaded."""
+    try:
+        return _load_data(state("data_config"))
+    except UserError as error:
+        show_error(error)
+        return None
+
+
+def image_grid(images: np.ndarray, captions: list[str], columns: int = 3) -> None:
+    """Images in rows of `columns`, each with its caption (the references' 3x3 grid)."""
+    for start in range(0, len(images), columns):
+        cells = st.columns(columns)
+        for cell, image, caption in zip(cells, images[start:start + columns], captions[start:start + columns]):
+            cell.image(image, caption=caption, width="stretch")

@@ -1,0 +1,108 @@
+"""Data: pick a source and its split, then look at samples, class counts and skipped files."""
+import hashlib
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from core import datasets, demo_data
+from core.config import GUIDE_TFDS_SPLITS, DataConfig
+from core.tfds_source import SUGGESTED
+from pages._common import current_data, image_grid, state
+
+SOURCES = {
+    "demo": "Built-in demo (shapes, no download)",
+    "tfds": "TensorFlow Datasets",
+    "folder": "Folder on the server",
+    "zip": "Upload a .zip",
+}
+IMAGE_SIZES = [96, 128, 160, 192, 224, 299]
+
+st.title("Data")
+st.caption("Pick the images to learn from. Every later step uses this dataset and image size.")
+
+config = state("data_config")
+source = st.radio("Source", list(SOURCES), format_func=SOURCES.get, index=list(SOURCES).index(config.source), horizontal=True)
+
+with st.form("data_form"):
+    name = config.name if source == config.source else ""
+    splits = config.tfds_splits
+    if source == "tfds":
+        name = st.selectbox("Dataset", list(SUGGESTED), index=list(SUGGESTED).index(name) if name in SUGGESTED else 0,
+                            accept_new_options=True, help="Any TFDS image classification dataset name.")
+        defaults = SUGGESTED.get(name, GUIDE_TFDS_SPLITS)
+        cols = st.columns(3)
+        splits = tuple(
+            col.text_input(f"{split} split", value=value, help="TFDS split syntax, e.g. train[:40%]")
+            for col, split, value in zip(cols, datasets.SPLITS, defaults)
+        )
+        st.caption("Downloads into the TFDS data dir on first use; offline, only a prepared copy works.")
+    elif source == "folder":
+        st.caption(f"Data root on the server: `{datasets.data_root()}`. Paths outside it are refused.")
+        name = st.text_input("Folder (relative to the data root)", value=name,
+                             help="Either <folder>/<class>/images or <folder>/{train,validation[,test]}/<class>/images.")
+    elif source == "zip":
+        upload = st.file_uploader("Zip of class folders", type=["zip"],
+                                  help="<class>/images or {train,validation[,test]}/<class>/images, optionally under one top folder.")
+        if upload is not None:
+            uploads = demo_data.default_cache_dir() / "uploads"
+            uploads.mkdir(parents=True, exist_ok=True)
+            content = upload.getvalue()
+            path = uploads / f"{hashlib.sha256(content).hexdigest()[:16]}.zip"
+            path.write_bytes(content)
+            name = str(path)
+    cols = st.columns(4)
+    val_fraction = cols[0].slider("Validation fraction", 0.05, 0.5, config.val_fraction, 0.05,
+                                  help="Used when the folder has no split folders.")
+    test_fraction = cols[1].slider("Test fraction", 0.0, 0.5, config.test_fraction, 0.05)
+    image_size = cols[2].selectbox("Image size (px)", IMAGE_SIZES, index=IMAGE_SIZES.index(config.image_size))
+    batch_size = cols[3].selectbox("Batch size", [8, 16, 32, 64, 128], index=[8, 16, 32, 64, 128].index(config.batch_size))
+    seed = st.number_input("Seed", value=config.seed, step=1, help="Controls every random choice: split, shuffling, augmentation.")
+    if st.form_submit_button("Load dataset", type="primary"):
+        if source in ("folder", "zip") and not name:
+            st.warning("Choose a folder or upload a zip first.")
+        else:
+            st.session_state["data_config"] = DataConfig(
+                source=source, name=name, tfds_splits=splits, val_fraction=val_fraction,
+                test_fraction=test_fraction, image_size=image_size, batch_size=batch_size, seed=int(seed),
+            )
+
+data = current_data()
+if data is not None:
+    st.session_state["data_loaded"] = True
+    st.subheader(data.description)
+    counts = data.counts()
+    cols = st.columns(4)
+    cols[0].metric("Classes", data.num_classes)
+    for col, split in zip(cols[1:], datasets.SPLITS):
+        col.metric(f"{split.capitalize()} images", f"{sum(counts[split]):,}")
+    for note in data.notes:
+        st.warning(note, icon=":material/warning:")
+
+    st.markdown("#### Samples")
+    images, labels = data.splits["train"]
+    picked = np.random.default_rng(state("data_config").seed).choice(len(labels), min(9, len(labels)), replace=False)
+    image_grid(images[picked], [data.class_names[label] for label in labels[picked]])
+
+    left, right = st.columns(2)
+    with left:
+        st.markdown("#### Images per class")
+        chart = px.bar(pd.DataFrame(datasets.class_counts_table(data)), x="class", y="images", color="split", barmode="group")
+        st.plotly_chart(chart, width="stretch")
+    with right:
+        st.markdown("#### Original image sizes")
+        stats = data.size_stats()
+        if stats:
+            st.dataframe(pd.DataFrame(
+                {"width": [stats["min_width"], stats["median_width"], stats["max_width"]],
+                 "height": [stats["min_height"], stats["median_height"], stats["max_height"]]},
+                index=["min", "median", "max"],
+            ))
+        st.caption(f"Every image is resized to {state('data_config').image_size} x {state('data_config').image_size} px.")
+
+    st.markdown(f"#### Skipped files ({len(data.skipped)})")
+    if data.skipped:
+        st.dataframe(pd.DataFrame([{"file": s.path, "reason": s.reason} for s in data.skipped]), hide_index=True)
+    else:
+        st.caption("No file was skipped.")

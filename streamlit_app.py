@@ -1,0 +1,24 @@
+"""Transfer Learning Studio: entry point.
+
+`st.navigation` over one page per workflow step; the sidebar shows the current
+choices and where the user is in the workflow.
+"""
+import streamlit as st
+
+from pages import _sidebar
+
+st.set_page_config(page_title="Transfer Learning Studio", page_icon=":material/model_training:", layout="wide")
+
+PAGES = [
+    st.Page("pages/data.py", title="Data", icon=":material/photo_library:", default=True),
+    st.Page("pages/augmentation.py", title="Augmentation", icon=":material/auto_fix_high:"),
+    st.Page("pages/model.py", title="Model", icon=":material/account_tree:"),
+    st.Page("pages/train_head.py", title="Train head", icon=":material/play_arrow:"),
+    st.Page("pages/fine_tune.py", title="Fine-tune", icon=":material/tune:"),
+    st.Page("pages/evaluate.py", title="Evaluate", icon=":material/fact_check:"),
+    st.Page("pages/runs.py", title="Runs", icon=":material/history:"),
+]
+
+page = st.navigation(PAGES)
+_sidebar.render()
+page.run()
