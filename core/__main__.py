@@ -51,10 +51,168 @@ def _add_summary(commands) -> None:
     parser.set_defaults(command=summary)
 
 
+def train(args: argparse.Namespace) -> dict:
+    """Train headless, exactly as the dashboard does, with a progress bar on stderr."""
+    import dataclasses
+    from pathlib import Path
+
+    from core import augmentation, config as config_io, runs
+    from core.config import DEFAULT_FINE_TUNE, DataConfig, RunConfig
+    from core.jobs import JobManager
+    from core.workflow import full_job
+
+    run_config = config_io.loads(Path(args.config).read_text()) if args.config else RunConfig(fine_tune=DEFAULT_FINE_TUNE)
+    data = run_config.data
+    if args.data:
+        data = dataclasses.replace(data, source="folder", name=str(Path(args.data).resolve()))
+    if args.test_data:
+        data = dataclasses.replace(data, test_folder=str(Path(args.test_data).resolve()))
+    data = _replace(data, image_size=args.image_size, seed=args.seed, batch_size=args.batch_size)
+    model = _replace(run_config.model, backbone=args.backbone, weights=args.weights)
+    head = _replace(run_config.head, epochs=args.head_epochs, fast_path=False if args.no_fast_path else None)
+    fine_tune = run_config.fine_tune or DEFAULT_FINE_TUNE
+    fine_tune = _replace(fine_tune, epochs=args.fine_tune_epochs, fine_tune_at=args.fine_tune_at,
+                         fast_path=False if args.no_fast_path else None)
+    run_config = dataclasses.replace(
+        run_config, data=data, model=model, head=head,
+        fine_tune=fine_tune if fine_tune.epochs > 0 else None,
+        augment=augmentation.parse_spec(args.augment) if args.augment else run_config.augment,
+        seed=args.seed if args.seed is not None else run_config.seed,
+    )
+    run = runs.Run.create(args.runs_dir or runs.default_runs_dir(), run_config)
+    manager = JobManager()
+    job = manager.submit(run, lambda run, progress: full_job(run, progress, data_root=Path("/")))
+    _follow(manager, job)
+    status = run.status()
+    if status["status"] == runs.FAILED:
+        raise UserError(f"Training failed: {status.get('error')}", status.get("hint") or f"See {run.path / runs.LOG_FILE}.")
+    metrics = run.read_json("metrics.json", default={})
+    head_metrics, fine_metrics = metrics.get("head", {}), metrics.get("fine_tune", {})
+    last = fine_metrics or head_metrics
+    seconds = [head_metrics.get("seconds", 0.0), fine_metrics.get("seconds", 0.0)]
+    return {
+        "run_dir": str(run.path), "status": status["status"],
+        "head_val_accuracy": head_metrics.get("val_accuracy"), "val_accuracy": last.get("val_accuracy"),
+        "head_test_accuracy": head_metrics.get("test_accuracy"), "test_accuracy": last.get("test_accuracy"),
+        "training_path": head_metrics.get("path"),
+        "seconds_head": seconds[0], "seconds_fine_tune": seconds[1], "seconds_total": round(sum(seconds), 2),
+    }
+
+
+def _replace(config, **changes):
+    """dataclasses.replace with only the changes that were given (not None)."""
+    import dataclasses
+
+    return dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _follow(manager, job) -> None:
+    """Draw the job's progress on stderr until it ends; Ctrl-C asks it to stop."""
+    while True:
+        try:
+            if manager.wait(timeout=0.5):
+                break
+        except KeyboardInterrupt:
+            print("\nStopping after the current batch...", file=sys.stderr)
+            manager.stop(job.run_id)
+            continue
+        progress = job.progress.snapshot()
+        if progress.get("batches"):
+            done, total = progress["batch"], progress["batches"]
+            bar = "#" * int(30 * done / total)
+            phase = progress.get("phase") or ""
+            epoch = f"epoch {progress.get('epoch', 0) + 1}" if progress.get("stage") == "training" else ""
+            print(f"\r{progress.get('stage', '')} {phase} {epoch} [{bar:<30}] {done}/{total} "
+                  f"{progress.get('images_per_second', 0):.0f} img/s   ", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """Accuracy, loss, per-class scores and the confusion matrix of a run's model on a folder."""
+    from core import datasets, evaluation, runs
+    from core.workflow import load_run_model
+
+    run = runs.Run(args.run_dir)
+    model, classes = load_run_model(run, args.model)
+    images, labels, skipped = datasets.load_labelled(args.data, classes, run.config.data.image_size)
+    if not len(labels):
+        raise UserError(f"No readable images in {args.data}.", "Point --data at class folders of images.")
+    result = evaluation.evaluate(model, images, labels, classes)
+    result.pop("predictions")
+    return {**result, "images": len(labels), "skipped": [vars(s) for s in skipped]}
+
+
+def predict(args: argparse.Namespace) -> list:
+    """Class probabilities for each image; a bad file gets an error entry."""
+    import numpy as np
+
+    from core import evaluation, runs
+    from core.images import ImageError, load_image
+    from core.workflow import load_run_model
+
+    run = runs.Run(args.run_dir)
+    model, classes = load_run_model(run, args.model)
+    size = run.config.data.image_size
+    results, images, positions = [], [], []
+    for path in args.images:
+        try:
+            images.append(load_image(path, size))
+            positions.append(len(results))
+            results.append({"file": path})
+        except ImageError as error:
+            results.append({"file": path, "error": error.reason})
+    if images:
+        probs = evaluation.predict_probabilities(model, np.stack(images).astype("float32"))
+        for position, row in zip(positions, probs):
+            results[position].update(
+                label=classes[int(row.argmax())],
+                probabilities={name: round(float(p), 6) for name, p in zip(classes, row)},
+            )
+    return results
+
+
+def _add_train(commands) -> None:
+    parser = commands.add_parser("train", help="train the head, then fine-tune (headless)")
+    parser.add_argument("--data", help="DIR/{train,validation[,test]}/<class>/ or DIR/<class>/")
+    parser.add_argument("--test-data", help="a separate folder of class folders used as the test split")
+    parser.add_argument("--backbone", choices=list(BACKBONES))
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--weights", help="imagenet, none or a weights file")
+    parser.add_argument("--augment", help="e.g. flip=horizontal,rotation=0.1 (or none)")
+    parser.add_argument("--head-epochs", type=int)
+    parser.add_argument("--fine-tune-epochs", type=int, help="0 skips fine-tuning")
+    parser.add_argument("--fine-tune-at", help="all, a layer index or a layer name")
+    parser.add_argument("--no-fast-path", action="store_true", help="run the whole model every epoch")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--runs-dir")
+    parser.add_argument("--config", help="a run's config.json (e.g. exported from the dashboard)")
+    parser.set_defaults(command=train)
+
+
+def _add_evaluate(commands) -> None:
+    parser = commands.add_parser("evaluate", help="evaluate a run's model on a folder of class folders")
+    parser.add_argument("run_dir")
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--model", default="final", choices=["final", "best", "head"])
+    parser.set_defaults(command=evaluate)
+
+
+def _add_predict(commands) -> None:
+    parser = commands.add_parser("predict", help="class probabilities of images")
+    parser.add_argument("run_dir")
+    parser.add_argument("images", nargs="+")
+    parser.add_argument("--model", default="final", choices=["final", "best", "head"])
+    parser.set_defaults(command=predict)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description=__doc__)
     commands = parser.add_subparsers(required=True, metavar="command")
     _add_summary(commands)
+    _add_train(commands)
+    _add_evaluate(commands)
+    _add_predict(commands)
     return parser
 
 

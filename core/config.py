@@ -21,12 +21,14 @@ class DataConfig:
         "folder" (`name` is a path under the data root) or "zip" (`name` is the
         path of an uploaded archive, extracted and then used as a folder).
     tfds_splits: split expressions for train, validation and test (TFDS only).
+    test_folder: an optional separate folder of class folders used as the test split.
     val_fraction, test_fraction: used when a folder has no split folders.
     """
 
     source: str = "demo"
     name: str = ""
     tfds_splits: tuple[str, str, str] = GUIDE_TFDS_SPLITS
+    test_folder: str = ""
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     image_size: int = 160
@@ -95,6 +97,10 @@ class TrainConfig:
     class_weights: bool = False
     fast_path: bool = True
     views: int = 2
+
+
+#: Fine-tuning defaults: the tutorial's cut (layer 100 of MobileNetV2) at a 10x lower learning rate.
+DEFAULT_FINE_TUNE = TrainConfig(optimizer="adam", learning_rate=1e-4, epochs=3, fine_tune_at="100")
 
 
 @dataclass(frozen=True)

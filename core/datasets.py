@@ -91,17 +91,48 @@ def load(config: DataConfig, root: Path | None = None, progress: Progress | None
     """Load the dataset `config` describes. `root` confines the folder source
     (defaults to `data_root()`); the demo and zip sources live in the cache."""
     if config.source == "demo":
-        return load_folder(demo_data.ensure_demo_dataset(), config, progress, description="Built-in demo: shapes")
-    if config.source == "folder":
-        folder = files.resolve_under_root(root or data_root(), config.name)
-        return load_folder(folder, config, progress)
-    if config.source == "zip":
-        return load_folder(extract_zip(Path(config.name)), config, progress, description=f"Uploaded {Path(config.name).name}")
-    if config.source == "tfds":
+        data = load_folder(demo_data.ensure_demo_dataset(), config, progress, description="Built-in demo: shapes")
+    elif config.source == "folder":
+        data = load_folder(files.resolve_under_root(root or data_root(), config.name), config, progress)
+    elif config.source == "zip":
+        data = load_folder(extract_zip(Path(config.name)), config, progress, description=f"Uploaded {Path(config.name).name}")
+    elif config.source == "tfds":
         from core.tfds_source import load_tfds
 
-        return load_tfds(config, progress)
-    raise UserError(f"Unknown data source {config.source!r}.", "Use demo, tfds, folder or zip.")
+        data = load_tfds(config, progress)
+    else:
+        raise UserError(f"Unknown data source {config.source!r}.", "Use demo, tfds, folder or zip.")
+    if config.test_folder:
+        replace_test_split(data, files.resolve_under_root(root or data_root(), config.test_folder), config.image_size)
+    return data
+
+
+def replace_test_split(data: ImageData, folder: Path, image_size: int) -> None:
+    """Use the images in `folder` as the test split (see `load_labelled`)."""
+    images, labels, skipped = load_labelled(folder, data.class_names, image_size)
+    data.splits["test"] = (images, labels)
+    data.skipped += skipped
+    data.notes.append(f"Test split: {len(labels)} images from {folder}.")
+
+
+def load_labelled(folder: Path, class_names: list[str], image_size: int):
+    """Images and labels of a held-out folder, labelled with known `class_names`.
+
+    `folder` holds class folders, or split folders whose test (else validation)
+    split is used. Returns (images, labels, skipped files).
+    """
+    layout, skipped, _ = scan_folder(Path(folder))
+    classes = layout.get("test") or layout.get("validation") or layout["all"]
+    unknown = sorted(set(classes) - set(class_names))
+    if unknown:
+        raise UserError(
+            f"{folder} has classes the model does not know: {', '.join(unknown)}.",
+            f"Its class folders must be among: {', '.join(class_names)}.",
+        )
+    paths = [str(p) for paths in classes.values() for p in paths]
+    labels = np.asarray([class_names.index(name) for name, paths in classes.items() for _ in paths], "int32")
+    loaded = load_images(paths, image_size)
+    return loaded.images, labels[loaded.kept], skipped + loaded.skipped
 
 
 def extract_zip(archive: Path, cache_dir: Path | None = None) -> Path:

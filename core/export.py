@@ -39,12 +39,8 @@ _LOAD_HINT = (
 
 
 def _register_custom_layers() -> None:
-    """Import core.backbones (when present) so its serializable layers are registered."""
-    try:
-        importlib.import_module("core.backbones")
-    except ModuleNotFoundError as error:
-        if error.name != "core.backbones":
-            raise
+    """Import core.model so its serializable layers (Preprocess, InferenceMode) are registered."""
+    importlib.import_module("core.model")
 
 
 def load_model_safe(path) -> keras.Model:

@@ -50,15 +50,17 @@ def user_errors():
         show_error(error)
 
 
-@st.cache_resource(show_spinner=False, max_entries=4)
 def _load_data(config: DataConfig) -> datasets.ImageData:
+    """Load through core's in-process cache, which the training jobs share."""
+    from core.workflow import load_data
+
     bar = st.progress(0.0, text="Reading images...")
 
     def progress(done: int, total: int) -> None:
-        bar.progress(done / max(total, 1), text=f"Reading images: {done:,} of {total:,}")
+        bar.progress(min(done / max(total, 1), 1.0), text=f"Reading images: {done:,} of {total:,}")
 
     try:
-        return datasets.load(config, progress=progress)
+        return load_data(config, progress=progress)
     finally:
         bar.empty()
 
@@ -79,3 +81,18 @@ def image_grid(images: np.ndarray, captions: list[str], columns: int = 3) -> Non
         cells = st.columns(columns)
         for cell, image, caption in zip(cells, images[start:start + columns], captions[start:start + columns]):
             cell.image(image, caption=caption, width="stretch")
+
+
+@st.cache_resource
+def job_manager():
+    """The server's one background worker: it runs training jobs one at a time,
+    outside any script run, so page switches and reloads do not touch them."""
+    from core.jobs import JobManager
+
+    return JobManager()
+
+
+def runs_dir():
+    from core.runs import default_runs_dir
+
+    return default_runs_dir()

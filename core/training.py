@@ -1,0 +1,356 @@
+"""Head training and fine-tuning, with the feature-cache fast path.
+
+The fast path: whatever is frozen computes the same outputs every epoch, so it
+runs once. For head training the cached tensors are the pooled backbone
+features; for fine-tuning from layer N they are the activations entering layer
+N. Data augmentation is kept: the cache holds several random augmented views of
+every image (`TrainConfig.views`) and each epoch trains on a different view.
+The trainable part is built from the very same layer objects as the full model,
+so training it trains the full model: its head (and unfrozen top) are in place
+for fine-tuning and export with no copying.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from core import model as model_lib
+from core.config import TrainConfig
+from core.datasets import ImageData
+
+EXTRACT_BATCH = 64
+
+
+class Stopped(Exception):
+    """The user stopped the job before anything was trained."""
+
+
+def select_strategy(devices: list[str] | None = None) -> tf.distribute.Strategy:
+    """MultiWorkerMirrored when TF_CONFIG is set, Mirrored over several local GPUs
+    (or the given devices), otherwise the default strategy."""
+    if os.environ.get("TF_CONFIG"):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if devices:
+        return tf.distribute.MirroredStrategy(devices)
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+@dataclass
+class PhaseResult:
+    """What one phase did: its epochs, the path it took, whether it was stopped,
+    the validation score before training, and the best and final weights."""
+
+    phase: str
+    path: str  # "features" (fast path) or "full"
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    stopped: bool = False
+    initial: dict = field(default_factory=dict)
+    nan_epoch: int | None = None
+    trained: keras.Model | None = None
+    weights: dict = field(default_factory=dict)  # "best" / "final" -> list of arrays
+
+    @property
+    def has_distinct_best(self) -> bool:
+        best, final = self.weights.get("best"), self.weights.get("final")
+        return best is not None and any((a != b).any() for a, b in zip(best, final))
+
+    def use_weights(self, kind: str) -> None:
+        """Put the "best" or "final" weights back into the model (shared layers)."""
+        if self.weights.get(kind) is not None:
+            self.trained.set_weights(self.weights[kind])
+
+    @property
+    def best_val_accuracy(self) -> float | None:
+        values = [record["val_accuracy"] for record in self.history if "val_accuracy" in record]
+        return max(values) if values else None
+
+
+class Recorder(keras.callbacks.Callback):
+    """Progress, stop requests, NaN detection, best and final weights, per-epoch records."""
+
+    def __init__(self, phase, path, steps, batch_size, progress=None, on_epoch=None):
+        super().__init__()
+        self.phase, self.path, self.steps, self.batch_size = phase, path, steps, batch_size
+        self.progress, self.on_epoch = progress, on_epoch
+        self.records: list[dict] = []
+        self.best = None
+        self.best_weights = None
+        self.nan_epoch = None
+        self.stopped = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        if not math.isfinite(float(logs.get("loss", 0.0))):
+            self.nan_epoch = self.epoch_now
+            self.model.stop_training = True
+        if self.progress is not None:
+            elapsed = time.perf_counter() - self.epoch_start
+            done = batch + 1
+            self.progress.update(
+                stage="training", phase=self.phase, path=self.path, batch=done, batches=self.steps,
+                images_per_second=done * self.batch_size / max(elapsed, 1e-9),
+                eta_seconds=elapsed / done * (self.steps - done), metrics={k: float(v) for k, v in logs.items()},
+            )
+            if self.progress.stop_requested:
+                self.stopped = True
+                self.model.stop_training = True
+
+    @property
+    def epoch_now(self) -> int:
+        return getattr(self, "_epoch", 0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._epoch = epoch + 1
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        if any(not math.isfinite(v) for k, v in logs.items() if "loss" in k):
+            self.nan_epoch = epoch + 1
+            self.model.stop_training = True
+            return
+        record = {"phase": self.phase, "epoch": epoch + 1, "path": self.path,
+                  "seconds": time.perf_counter() - self.epoch_start, **logs}
+        record["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        self.records.append(record)
+        if self.on_epoch is not None:
+            self.on_epoch(record)
+        score = (logs.get("val_accuracy", 0.0), -logs.get("val_loss", 0.0))
+        if self.best is None or score > self.best:
+            self.best, self.best_weights = score, self.model.get_weights()
+        if self.progress is not None:
+            self.progress.update(epoch=epoch + 1)
+
+    def on_train_begin(self, logs=None):
+        self._epoch = 0
+        self.epoch_start = time.perf_counter()
+
+    def on_train_end(self, logs=None):
+        self.final_weights = self.model.get_weights()
+
+
+class ViewSequence(keras.utils.PyDataset):
+    """Batches of cached tensors; each epoch reads the next augmented view, reshuffled."""
+
+    def __init__(self, views: list[list[np.ndarray]], labels, batch_size, seed, sample_weights=None):
+        super().__init__()
+        self.views, self.labels, self.batch_size = views, labels, batch_size
+        self.sample_weights = sample_weights
+        self.rng = np.random.default_rng(seed)
+        self.epoch = 0
+        self.order = self.rng.permutation(len(labels))
+
+    def __len__(self):
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def __getitem__(self, index):
+        chosen = np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
+        view = self.views[self.epoch % len(self.views)]
+        inputs = tuple(part[chosen].astype("float32") for part in view)
+        inputs = inputs[0] if len(inputs) == 1 else inputs
+        if self.sample_weights is None:
+            return inputs, self.labels[chosen]
+        return inputs, self.labels[chosen], self.sample_weights[chosen]
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self.order = self.rng.permutation(len(self.labels))
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per-class weights n / (k * count): rare classes weigh more (sklearn's 'balanced')."""
+    counts = np.bincount(labels, minlength=num_classes).astype("float64")
+    return (len(labels) / (num_classes * np.maximum(counts, 1))).astype("float32")
+
+
+def split_backbone(backbone: keras.Model, start: int) -> tuple[keras.Model, keras.Model]:
+    """(bottom, top): layers[:start] and layers[start:] of a functional backbone.
+
+    The tensors that cross the cut (several where residual connections jump
+    over it) are the bottom's outputs and the top's inputs. Both share the
+    backbone's layer objects.
+    """
+    earlier = {id(layer.output): layer.output for layer in backbone.layers[:start]}
+    crossing, seen = [], set()
+    for layer in backbone.layers[start:]:
+        for tensor in keras.tree.flatten(layer.input):
+            if id(tensor) in earlier and id(tensor) not in seen:
+                seen.add(id(tensor))
+                crossing.append(tensor)
+    for tensor in keras.tree.flatten(backbone.output):
+        if id(tensor) in earlier and id(tensor) not in seen:
+            crossing.append(tensor)
+    return keras.Model(backbone.input, crossing), keras.Model(crossing, backbone.output)
+
+
+@dataclass
+class FrozenPart:
+    """The frozen computation whose outputs the fast path caches, and the trainable rest."""
+
+    extract: Callable  # raw pixels -> list of cached tensors
+    trainable: keras.Model  # cached tensors -> logits
+    cut: int  # first trainable backbone layer
+
+
+def frozen_part(model: keras.Model, start: int) -> FrozenPart:
+    """Split `model` where the backbone starts to train (`start`, from set_trainable)."""
+    backbone = model_lib.get_backbone(model)
+    head = model_lib.head_layers(model)
+    if start >= len(backbone.layers):
+        features = keras.Model(model.input, model.get_layer("pooling").output)
+        inputs = keras.Input(features.output.shape[1:], name="features")
+        x = inputs
+        for layer in head[1:]:
+            x = layer(x)
+        return FrozenPart(lambda pixels: [features(pixels, training=False)], keras.Model(inputs, x), start)
+    bottom, top = split_backbone(backbone, start)
+    preprocess = model.get_layer("preprocess")
+    inputs = [keras.Input(tensor.shape[1:]) for tensor in keras.tree.flatten(bottom.output)]
+    # InferenceMode keeps the top's BatchNormalization in inference mode under fit().
+    x = model_lib.InferenceMode(top)(inputs if len(inputs) > 1 else inputs[0])
+    for layer in head:
+        x = layer(x)
+    return FrozenPart(
+        lambda pixels: keras.tree.flatten(bottom(preprocess(pixels), training=False)),
+        keras.Model(inputs, x),
+        start,
+    )
+
+
+def extract(part: FrozenPart, model: keras.Model, images: np.ndarray, augment: bool,
+            progress=None, label: str = "") -> list[np.ndarray]:
+    """Run the frozen part over `images` once (with random augmentation if asked)."""
+    augmentation = _augmentation(model) if augment else None
+
+    @tf.function(reduce_retracing=True)
+    def run(batch):
+        if augmentation is not None:  # its Random* layers draw new values at every call
+            batch = augmentation(batch, training=True)
+        return part.extract(batch)
+
+    outputs, started = [], time.perf_counter()
+    total = math.ceil(len(images) / EXTRACT_BATCH)
+    for index, start in enumerate(range(0, len(images), EXTRACT_BATCH)):
+        if progress is not None and progress.stop_requested:
+            raise Stopped
+        outputs.append([t.numpy().astype("float16") for t in run(tf.cast(images[start:start + EXTRACT_BATCH], tf.float32))])
+        if progress is not None:
+            elapsed = time.perf_counter() - started
+            progress.update(stage=f"extracting features {label}".strip(), batch=index + 1, batches=total,
+                            images_per_second=(start + EXTRACT_BATCH) / max(elapsed, 1e-9),
+                            eta_seconds=elapsed / (index + 1) * (total - index - 1))
+    return [np.concatenate(parts) for parts in zip(*outputs)]
+
+
+def _augmentation(model: keras.Model):
+    try:
+        return model.get_layer("augmentation")
+    except ValueError:
+        return None
+
+
+def _callbacks(config: TrainConfig, recorder: Recorder) -> list:
+    callbacks = [recorder]
+    if config.early_stopping_patience:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience))
+    if config.reduce_lr_on_plateau:
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=2, min_lr=1e-7))
+    return callbacks
+
+
+def train_phase(model: keras.Model, data: ImageData, config: TrainConfig, phase: str, *, batch_size: int = 32,
+                seed: int = 0, epoch_offset: int = 0, progress=None, on_epoch=None) -> PhaseResult:
+    """Train one phase ("head" or "fine_tune") of `model` on `data`, in place.
+
+    Freezes per `config.fine_tune_at`, recompiles, and trains for
+    `config.epochs` (numbered after `epoch_offset`, so fine-tuning continues
+    the head's curve) on the fast path where it applies. The model is left
+    with its final weights; `PhaseResult.use_weights("best")` switches.
+    """
+    started = time.perf_counter()
+    start = model_lib.set_trainable(model, config.fine_tune_at, config.freeze_batchnorm)
+    fast = config.fast_path and start > 0
+    labels = data.splits["train"][1]
+    weights = class_weights(labels, data.num_classes)[labels] if config.class_weights else None
+    batch_size = min(batch_size, len(labels))
+
+    if fast:
+        part = frozen_part(model, start)
+        views = [extract(part, model, data.splits["train"][0], True, progress, f"(view {view + 1}/{config.views})")
+                 for view in range(config.views)]
+        val = extract(part, model, data.splits["validation"][0], False, progress, "(validation)")
+        trained = part.trainable
+        train_input = ViewSequence(views, labels, batch_size, seed, weights)
+        val_input = tf.data.Dataset.from_tensor_slices(
+            (tuple(val) if len(val) > 1 else val[0], data.splits["validation"][1])
+        ).batch(batch_size).map(lambda x, y: (tf.nest.map_structure(lambda t: tf.cast(t, tf.float32), x), y))
+    else:
+        trained = model
+        train_input = data.tf_dataset("train", batch_size, shuffle=True, seed=seed)
+        if weights is not None:
+            table = tf.constant(class_weights(labels, data.num_classes))
+            train_input = train_input.map(lambda x, y: (x, y, tf.gather(table, y)))
+        val_input = data.tf_dataset("validation", batch_size)
+
+    trained = _compile(trained, model, config, data.num_classes)
+    initial = trained.evaluate(val_input, return_dict=True, verbose=0) if phase == "head" else {}
+    recorder = Recorder(phase, "features" if fast else "full", math.ceil(len(labels) / batch_size),
+                        batch_size, progress, on_epoch)
+    trained.fit(train_input, validation_data=val_input, initial_epoch=epoch_offset,
+                epochs=epoch_offset + config.epochs, callbacks=_callbacks(config, recorder), verbose=0)
+    return PhaseResult(phase, recorder.path, recorder.records, time.perf_counter() - started, recorder.stopped,
+                       {k: float(v) for k, v in initial.items()}, recorder.nan_epoch, trained,
+                       {"best": recorder.best_weights, "final": recorder.final_weights})
+
+
+def _compile(trained: keras.Model, model: keras.Model, config: TrainConfig, num_classes: int) -> keras.Model:
+    """Compile what trains and return what to fit: with `head_learning_rate` while
+    the backbone fine-tunes, a `TwoRateModel` gives the head its own optimizer."""
+    if config.head_learning_rate is None or config.fine_tune_at is None:
+        return model_lib.compile_model(trained, config.optimizer, config.learning_rate, num_classes)
+    head_ids = {id(v) for layer in model_lib.head_layers(model) for v in layer.trainable_weights}
+    two_rate = TwoRateModel(trained, head_ids, model_lib.make_optimizer(config.optimizer, config.head_learning_rate))
+    return model_lib.compile_model(two_rate, config.optimizer, config.learning_rate, num_classes)
+
+
+class TwoRateModel(keras.Model):
+    """Trains `inner` with the compiled optimizer for the backbone's variables and
+    `head_optimizer` for the head's (the flowers blog's separate learning rates).
+    Follows the Keras guide "Customizing what happens in fit()"."""
+
+    def __init__(self, inner: keras.Model, head_ids: set[int], head_optimizer: keras.optimizers.Optimizer):
+        super().__init__()
+        self.inner, self.head_ids, self.head_optimizer = inner, head_ids, head_optimizer
+
+    def call(self, inputs, training=False):
+        return self.inner(inputs, training=training)
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight)
+        variables = self.trainable_variables
+        gradients = tape.gradient(loss, variables)
+        pairs = list(zip(gradients, variables))
+        self.optimizer.apply_gradients([(g, v) for g, v in pairs if id(v) not in self.head_ids])
+        self.head_optimizer.apply_gradients([(g, v) for g, v in pairs if id(v) in self.head_ids])
+        results = {}
+        for metric in self.metrics:
+            if metric.name == "loss":
+                metric.update_state(loss)
+            else:
+                metric.update_state(y, y_pred, sample_weight=sample_weight)
+            result = metric.result()
+            results.update(result if isinstance(result, dict) else {metric.name: result})
+        return results

@@ -1,0 +1,176 @@
+"""The workflow's jobs, shared by the dashboard (through the JobManager) and the CLI.
+
+A job is `fn(run, progress)`: it reads everything from the run's config, writes
+per-epoch history, models and metrics into the run directory, and reports
+progress to a `core.jobs.Progress`.
+
+Run directory files written here: `head.keras` (the model after head training),
+`best.keras` and `final.keras` (best epoch and last state of the latest phase;
+the same model when `restore_best` is on) and `metrics.json`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import keras
+
+from core import datasets, evaluation, export, training
+from core.augmentation import build_augmentation
+from core.config import DataConfig, RunConfig, TrainConfig
+from core.datasets import ImageData
+from core.errors import UserError
+from core.model import build_model
+from core.runs import Run
+
+_DATA_CACHE: OrderedDict = OrderedDict()
+_DATA_LOCK = threading.Lock()
+DATA_CACHE_SIZE = 2
+CLASSES_FILE = "classes.json"
+
+
+def load_data(config: DataConfig, root: Path | None = None, progress=None) -> ImageData:
+    """`datasets.load`, cached in-process for the last few configs (the dashboard's
+    pages and its training jobs share one copy)."""
+    key = (config, str(root))
+    with _DATA_LOCK:
+        if key in _DATA_CACHE:
+            _DATA_CACHE.move_to_end(key)
+            return _DATA_CACHE[key]
+    data = datasets.load(config, root=root, progress=progress)
+    with _DATA_LOCK:
+        _DATA_CACHE[key] = data
+        while len(_DATA_CACHE) > DATA_CACHE_SIZE:
+            _DATA_CACHE.popitem(last=False)
+    return data
+
+
+def _data(run: Run, progress, root: Path | None) -> tuple[RunConfig, ImageData]:
+    config = run.config
+    if progress is not None:
+        progress.update(stage="loading data")
+    data = load_data(config.data, root, None if progress is None else _data_progress(progress))
+    return config, data
+
+
+def _data_progress(progress):
+    return lambda done, total: progress.update(stage="reading images", batch=done, batches=total)
+
+
+def head_job(run: Run, progress, data_root: Path | None = None) -> dict:
+    """Build the model from the run's config and train its head (backbone frozen)."""
+    config, data = _data(run, progress, data_root)
+    run.write_json(CLASSES_FILE, data.class_names)
+    keras.utils.set_random_seed(config.seed)
+    with training.select_strategy().scope():
+        model = build_model(config.model, data.num_classes, config.data.image_size,
+                            build_augmentation(config.augment, seed=config.seed))
+        result = training.train_phase(
+            model, data, config.head, "head", batch_size=config.data.batch_size,
+            seed=config.seed, progress=progress, on_epoch=run.append_history,
+        )
+    return _finish_phase(run, model, data, result, config.head, extra={"initial": result.initial})
+
+
+def fine_tune_job(run: Run, progress, data_root: Path | None = None) -> dict:
+    """Load the run's head-trained model and fine-tune it per `config.fine_tune`."""
+    config, data = _data(run, progress, data_root)
+    if config.fine_tune is None:
+        raise UserError(f"Run {run.id} has no fine-tuning settings.", "Choose them on the Fine-tune page.")
+    if not run.model_path("head").is_file():
+        raise UserError(f"Run {run.id} has no trained head ({run.model_path('head')} is missing).",
+                        "Train the head first: fine-tuning on a random head wrecks the pretrained features.")
+    keras.utils.set_random_seed(config.seed + 1)
+    offset = max((r["epoch"] for r in run.history()), default=0)
+    with training.select_strategy().scope():
+        model = export.load_model_safe(run.model_path("final"))
+        result = training.train_phase(
+            model, data, config.fine_tune, "fine_tune", batch_size=config.data.batch_size,
+            seed=config.seed + 1, epoch_offset=offset, progress=progress, on_epoch=run.append_history,
+        )
+    return _finish_phase(run, model, data, result, config.fine_tune)
+
+
+def full_job(run: Run, progress, data_root: Path | None = None) -> dict:
+    """Head training, then fine-tuning when the config asks for it (the CLI's job)."""
+    metrics = head_job(run, progress, data_root)
+    if run.config.fine_tune is not None and not progress.stop_requested:
+        metrics = fine_tune_job(run, progress, data_root)
+    return metrics
+
+
+def comparison_configs(base: RunConfig, epochs: int) -> dict[str, RunConfig]:
+    """The flowers blog's three runs on the same data and epochs: random weights
+    trained end to end; a frozen pretrained backbone with a new head; and that
+    head then fine-tuned with the whole backbone unfrozen at a 10x lower rate."""
+    head = dataclasses.replace(base.head, epochs=epochs, fine_tune_at=None)
+    model = dataclasses.replace(base.model, weights="imagenet" if base.model.weights == "none" else base.model.weights)
+    fine_tune = dataclasses.replace(head, fine_tune_at="all", learning_rate=head.learning_rate / 10)
+    return {
+        "from scratch": dataclasses.replace(
+            base, name="compare: from scratch", model=dataclasses.replace(model, weights="none"),
+            head=dataclasses.replace(head, fine_tune_at="all"), fine_tune=None),
+        "transfer (frozen)": dataclasses.replace(base, name="compare: transfer (frozen)", model=model, head=head, fine_tune=None),
+        "fine-tuned": dataclasses.replace(base, name="compare: fine-tuned", model=model, head=head, fine_tune=fine_tune),
+    }
+
+
+def _finish_phase(run: Run, model: keras.Model, data: ImageData, result: training.PhaseResult,
+                  config: TrainConfig, extra: dict | None = None) -> dict:
+    """Save the phase's models, evaluate on the test split and record the metrics.
+
+    A diverged phase (NaN loss) keeps its best epoch, if any, and fails with a message.
+    """
+    if result.nan_epoch is not None:
+        if result.history:
+            result.use_weights("best")
+            run.save_model(model, "best")
+        raise UserError(
+            f"Training diverged: the loss became NaN in epoch {result.nan_epoch} of the {result.phase} phase.",
+            "Lower the learning rate (by 10x), check the images, and start again"
+            + (f"; the best epoch so far is kept in {run.model_path('best').name}." if result.history else "."),
+        )
+    if not result.history:
+        run.log(f"{result.phase}: stopped before the first epoch ended; no model saved.")
+        return run.read_json("metrics.json", default={})
+    result.use_weights("final")
+    run.save_model(model, "final")
+    if result.has_distinct_best:
+        result.use_weights("best")
+        run.save_model(model, "best")
+        if not config.restore_best:
+            result.use_weights("final")
+    else:
+        shutil.copyfile(run.model_path("final"), run.model_path("best"))
+    if config.restore_best:
+        shutil.copyfile(run.model_path("best"), run.model_path("final"))
+    if result.phase == "head":
+        shutil.copyfile(run.model_path("final"), run.model_path("head"))
+
+    summary = {
+        "path": result.path,
+        "epochs": len(result.history),
+        "seconds": round(result.seconds, 2),
+        "val_accuracy": result.best_val_accuracy if config.restore_best else result.history[-1].get("val_accuracy"),
+        "stopped": result.stopped,
+    }
+    test_images, test_labels = data.splits["test"]
+    if len(test_labels):
+        scores = evaluation.evaluate(model, test_images, test_labels, data.class_names)
+        summary.update(test_accuracy=scores["accuracy"], test_loss=scores["loss"])
+    metrics = {**run.read_json("metrics.json", default={}), **(extra or {}), result.phase: summary}
+    run.write_json("metrics.json", metrics)
+    run.set_status(run.status()["status"], **{f"seconds_{result.phase}": summary["seconds"]})
+    run.log(f"{result.phase}: {summary}")
+    return metrics
+
+
+def load_run_model(run: Run, kind: str = "final") -> tuple[keras.Model, list[str]]:
+    """A run's saved model (Keras safe mode) and its class names."""
+    classes = run.read_json(CLASSES_FILE)
+    if not classes:
+        raise UserError(f"Run {run.id} has no trained model yet.", "Train its head first.")
+    return export.load_model_safe(run.model_path(kind)), classes
