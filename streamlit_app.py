@@ -20,5 +20,8 @@ PAGES = [
 ]
 
 page = st.navigation(PAGES)
-_sidebar.render()
-page.run()
+sidebar = st.sidebar.container()
+try:
+    page.run()
+finally:  # after the page, so the sidebar shows the choices this run just made
+    _sidebar.render(sidebar)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import keras
 import numpy as np
 
 from core.config import AugmentConfig
@@ -28,8 +27,10 @@ def validate(config: AugmentConfig) -> AugmentConfig:
     return config
 
 
-def build_augmentation(config: AugmentConfig, seed: int | None = None) -> keras.Sequential | None:
-    """The Random* layers that `config` switches on, or None when it switches on none."""
+def build_augmentation(config: AugmentConfig, seed: int | None = None):
+    """A `keras.Sequential` of the Random* layers that `config` switches on, or None."""
+    import keras
+
     validate(config)
     layers = []
     if config.flip != "none":
@@ -51,6 +52,8 @@ def build_augmentation(config: AugmentConfig, seed: int | None = None) -> keras.
 
 def preview(image: np.ndarray, config: AugmentConfig, count: int = 9, seed: int | None = None) -> np.ndarray:
     """`count` random augmentations of one image (H, W, 3) as uint8, like the Keras guide's 3x3 grid."""
+    import keras
+
     augmentation = build_augmentation(config, seed=seed)
     batch = np.repeat(image[None].astype("float32"), count, axis=0)
     if augmentation is None:

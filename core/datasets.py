@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -133,6 +135,27 @@ def load_labelled(folder: Path, class_names: list[str], image_size: int):
     labels = np.asarray([class_names.index(name) for name, paths in classes.items() for _ in paths], "int32")
     loaded = load_images(paths, image_size)
     return loaded.images, labels[loaded.kept], skipped + loaded.skipped
+
+
+_CACHE: OrderedDict = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+CACHE_SIZE = 2
+
+
+def load_cached(config: DataConfig, root: Path | None = None, progress: Progress | None = None) -> ImageData:
+    """`load`, cached in-process for the last few configs: the dashboard's pages and
+    its training jobs share one copy of the images."""
+    key = (config, str(root))
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    data = load(config, root=root, progress=progress)
+    with _CACHE_LOCK:
+        _CACHE[key] = data
+        while len(_CACHE) > CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return data
 
 
 def extract_zip(archive: Path, cache_dir: Path | None = None) -> Path:

@@ -34,10 +34,21 @@ OPTIMIZERS = ("adam", "rmsprop", "sgd")
 
 @keras.saving.register_keras_serializable(package="core")
 class InferenceMode(keras.layers.Wrapper):
-    """Calls the wrapped layer with `training=False`, whatever its caller says."""
+    """Calls the wrapped layer with `training=False`, whatever its caller says.
+
+    `enabled=False` passes `training` through instead: a backbone trained from
+    scratch (random weights) needs its BatchNormalization to learn statistics.
+    """
+
+    def __init__(self, layer, enabled: bool = True, **kwargs):
+        super().__init__(layer, **kwargs)
+        self.enabled = enabled
 
     def call(self, inputs, training=None):
-        return self.layer(inputs, training=False)
+        return self.layer(inputs, training=False if self.enabled else training)
+
+    def get_config(self):
+        return {**super().get_config(), "enabled": self.enabled}
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
@@ -77,7 +88,7 @@ def build_model(
     inputs = keras.Input(shape=(image_size, image_size, 3), dtype="float32", name="pixels")
     x = augmentation(inputs) if augmentation is not None else inputs
     x = Preprocess(spec.preprocessing, name="preprocess")(x)
-    backbone_layer = InferenceMode(backbone, name=BACKBONE)
+    backbone_layer = InferenceMode(backbone, enabled=model_config.weights != "none", name=BACKBONE)
     backbone_layer.trainable = False
     x = backbone_layer(x)
     x = POOLING_LAYERS[model_config.pooling](name="pooling")(x)

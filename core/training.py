@@ -78,23 +78,28 @@ class PhaseResult:
 class Recorder(keras.callbacks.Callback):
     """Progress, stop requests, NaN detection, best and final weights, per-epoch records."""
 
-    def __init__(self, phase, path, steps, batch_size, progress=None, on_epoch=None):
+    def __init__(self, phase, path, steps, batch_size, progress=None, on_epoch=None, epochs=0, offset=0):
         super().__init__()
         self.phase, self.path, self.steps, self.batch_size = phase, path, steps, batch_size
+        self.epochs, self.offset = epochs, offset
         self.progress, self.on_epoch = progress, on_epoch
         self.records: list[dict] = []
-        self.best = None
-        self.best_weights = None
-        self.nan_epoch = None
+        self.best = self.best_weights = self.final_weights = self.nan_epoch = None
         self.stopped = False
+        self.epoch = offset
+
+    def on_train_begin(self, logs=None):
+        if self.progress is not None:
+            self.progress.update(stage="training", phase=self.phase, epochs=self.epochs, epoch_in_phase=0,
+                                 batch=0, batches=self.steps)
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.epoch_start = time.perf_counter()
+        self.epoch, self.epoch_start = epoch + 1, time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
         logs = logs or {}
         if not math.isfinite(float(logs.get("loss", 0.0))):
-            self.nan_epoch = self.epoch_now
+            self.nan_epoch = self.epoch
             self.model.stop_training = True
         if self.progress is not None:
             elapsed = time.perf_counter() - self.epoch_start
@@ -108,20 +113,15 @@ class Recorder(keras.callbacks.Callback):
                 self.stopped = True
                 self.model.stop_training = True
 
-    @property
-    def epoch_now(self) -> int:
-        return getattr(self, "_epoch", 0)
-
     def on_epoch_end(self, epoch, logs=None):
-        self._epoch = epoch + 1
         logs = {k: float(v) for k, v in (logs or {}).items()}
-        if any(not math.isfinite(v) for k, v in logs.items() if "loss" in k):
+        if self.nan_epoch is not None or any(not math.isfinite(v) for k, v in logs.items() if "loss" in k):
             self.nan_epoch = epoch + 1
             self.model.stop_training = True
             return
         record = {"phase": self.phase, "epoch": epoch + 1, "path": self.path,
-                  "seconds": time.perf_counter() - self.epoch_start, **logs}
-        record["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+                  "seconds": time.perf_counter() - self.epoch_start, **logs,
+                  "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))}
         self.records.append(record)
         if self.on_epoch is not None:
             self.on_epoch(record)
@@ -129,11 +129,7 @@ class Recorder(keras.callbacks.Callback):
         if self.best is None or score > self.best:
             self.best, self.best_weights = score, self.model.get_weights()
         if self.progress is not None:
-            self.progress.update(epoch=epoch + 1)
-
-    def on_train_begin(self, logs=None):
-        self._epoch = 0
-        self.epoch_start = time.perf_counter()
+            self.progress.update(epoch=epoch + 1, epoch_in_phase=epoch + 1 - self.offset)
 
     def on_train_end(self, logs=None):
         self.final_weights = self.model.get_weights()
@@ -217,7 +213,8 @@ def frozen_part(model: keras.Model, start: int) -> FrozenPart:
     preprocess = model.get_layer("preprocess")
     inputs = [keras.Input(tensor.shape[1:]) for tensor in keras.tree.flatten(bottom.output)]
     # InferenceMode keeps the top's BatchNormalization in inference mode under fit().
-    x = model_lib.InferenceMode(top)(inputs if len(inputs) > 1 else inputs[0])
+    enabled = model.get_layer(model_lib.BACKBONE).enabled
+    x = model_lib.InferenceMode(top, enabled=enabled)(inputs if len(inputs) > 1 else inputs[0])
     for layer in head:
         x = layer(x)
     return FrozenPart(
@@ -303,13 +300,17 @@ def train_phase(model: keras.Model, data: ImageData, config: TrainConfig, phase:
         val_input = data.tf_dataset("validation", batch_size)
 
     trained = _compile(trained, model, config, data.num_classes)
-    initial = trained.evaluate(val_input, return_dict=True, verbose=0) if phase == "head" else {}
+    initial = {}
+    if phase == "head":  # the tutorial's starting point: the untrained head on validation
+        initial = {k: float(v) for k, v in trained.evaluate(val_input, return_dict=True, verbose=0).items()}
+        if progress is not None:
+            progress.update(initial=initial)
     recorder = Recorder(phase, "features" if fast else "full", math.ceil(len(labels) / batch_size),
-                        batch_size, progress, on_epoch)
+                        batch_size, progress, on_epoch, config.epochs, epoch_offset)
     trained.fit(train_input, validation_data=val_input, initial_epoch=epoch_offset,
                 epochs=epoch_offset + config.epochs, callbacks=_callbacks(config, recorder), verbose=0)
     return PhaseResult(phase, recorder.path, recorder.records, time.perf_counter() - started, recorder.stopped,
-                       {k: float(v) for k, v in initial.items()}, recorder.nan_epoch, trained,
+                       initial, recorder.nan_epoch, trained,
                        {"best": recorder.best_weights, "final": recorder.final_weights})
 
 

@@ -11,41 +11,22 @@ the same model when `restore_best` is on) and `metrics.json`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shutil
-import threading
-from collections import OrderedDict
 from pathlib import Path
 
 import keras
 
 from core import datasets, evaluation, export, training
 from core.augmentation import build_augmentation
-from core.config import DataConfig, RunConfig, TrainConfig
+from core.config import RunConfig, TrainConfig
 from core.datasets import ImageData
 from core.errors import UserError
 from core.model import build_model
 from core.runs import Run
 
-_DATA_CACHE: OrderedDict = OrderedDict()
-_DATA_LOCK = threading.Lock()
-DATA_CACHE_SIZE = 2
 CLASSES_FILE = "classes.json"
-
-
-def load_data(config: DataConfig, root: Path | None = None, progress=None) -> ImageData:
-    """`datasets.load`, cached in-process for the last few configs (the dashboard's
-    pages and its training jobs share one copy)."""
-    key = (config, str(root))
-    with _DATA_LOCK:
-        if key in _DATA_CACHE:
-            _DATA_CACHE.move_to_end(key)
-            return _DATA_CACHE[key]
-    data = datasets.load(config, root=root, progress=progress)
-    with _DATA_LOCK:
-        _DATA_CACHE[key] = data
-        while len(_DATA_CACHE) > DATA_CACHE_SIZE:
-            _DATA_CACHE.popitem(last=False)
-    return data
+load_data = datasets.load_cached
 
 
 def _data(run: Run, progress, root: Path | None) -> tuple[RunConfig, ImageData]:
@@ -60,6 +41,21 @@ def _data_progress(progress):
     return lambda done, total: progress.update(stage="reading images", batch=done, batches=total)
 
 
+def _stoppable(job):
+    """A stop during feature extraction ends the job quietly, as a stop during training does."""
+
+    @functools.wraps(job)
+    def run_job(run: Run, progress, data_root: Path | None = None) -> dict:
+        try:
+            return job(run, progress, data_root)
+        except training.Stopped:
+            run.log("Stopped before training started; nothing was saved.")
+            return run.read_json("metrics.json", default={})
+
+    return run_job
+
+
+@_stoppable
 def head_job(run: Run, progress, data_root: Path | None = None) -> dict:
     """Build the model from the run's config and train its head (backbone frozen)."""
     config, data = _data(run, progress, data_root)
@@ -72,9 +68,14 @@ def head_job(run: Run, progress, data_root: Path | None = None) -> dict:
             model, data, config.head, "head", batch_size=config.data.batch_size,
             seed=config.seed, progress=progress, on_epoch=run.append_history,
         )
+    if config.head.epochs == 0:  # explicit override: fine-tune on an untrained head
+        run.log("head: 0 epochs asked for; the untrained head is saved as it is.")
+        for kind in ("head", "final"):
+            run.save_model(model, kind)
     return _finish_phase(run, model, data, result, config.head, extra={"initial": result.initial})
 
 
+@_stoppable
 def fine_tune_job(run: Run, progress, data_root: Path | None = None) -> dict:
     """Load the run's head-trained model and fine-tune it per `config.fine_tune`."""
     config, data = _data(run, progress, data_root)

@@ -52,15 +52,13 @@ def user_errors():
 
 def _load_data(config: DataConfig) -> datasets.ImageData:
     """Load through core's in-process cache, which the training jobs share."""
-    from core.workflow import load_data
-
     bar = st.progress(0.0, text="Reading images...")
 
     def progress(done: int, total: int) -> None:
         bar.progress(min(done / max(total, 1), 1.0), text=f"Reading images: {done:,} of {total:,}")
 
     try:
-        return load_data(config, progress=progress)
+        return datasets.load_cached(config, progress=progress)
     finally:
         bar.empty()
 

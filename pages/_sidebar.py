@@ -1,12 +1,13 @@
 """The shared sidebar: current choices and the state of the workflow."""
 import streamlit as st
 
-from pages._common import state
+from core import runs
+from pages._common import job_manager, runs_dir, state
 
 
-def render() -> None:
+def render(container) -> None:
     data, model, augment = state("data_config"), state("model_config"), state("augment_config")
-    with st.sidebar:
+    with container:
         st.subheader("Current choices")
         source = "shapes" if data.source == "demo" else data.name
         st.markdown(
@@ -20,14 +21,27 @@ def render() -> None:
         st.subheader("Workflow")
         for step, done in workflow_steps():
             st.markdown(f"{':material/check_circle:' if done else ':material/radio_button_unchecked:'} {step}")
+        st.caption(job_status())
 
 
 def workflow_steps() -> list[tuple[str, bool]]:
-    """Each step of the workflow and whether the session has done it."""
+    """Each step of the workflow and whether the session has done it (read from its run on disk)."""
     session = st.session_state
+    run = runs.Run(runs_dir() / session["head_run_id"]) if session.get("head_run_id") else None
+    metrics = run.read_json("metrics.json", default={}) if run is not None else {}
     return [
         ("Data loaded", bool(session.get("data_loaded"))),
         ("Augmentation previewed", bool(session.get("augmentation_previewed"))),
-        ("Head trained", bool(session.get("head_run_id"))),
-        ("Fine-tuned", bool(session.get("fine_tune_run_id"))),
+        ("Head trained", "head" in metrics),
+        ("Fine-tuned", "fine_tune" in metrics),
     ]
+
+
+def job_status() -> str:
+    """One line on the server's background worker: what runs, how many wait."""
+    manager = job_manager()
+    current, queued = manager.current(), len(manager.queued())
+    if current is None:
+        return "No training job running."
+    stage = current.progress.snapshot().get("stage", "starting")
+    return f"Running `{current.run_id}` ({stage})" + (f", {queued} queued." if queued else ".")

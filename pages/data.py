@@ -25,13 +25,17 @@ st.caption("Pick the images to learn from. Every later step uses this dataset an
 config = state("data_config")
 source = st.radio("Source", list(SOURCES), format_func=SOURCES.get, index=list(SOURCES).index(config.source), horizontal=True)
 
+name = config.name if source == config.source else ""
+splits = config.tfds_splits
+if source == "tfds":
+    # Outside the form, so that picking a dataset fills in its suggested splits at once.
+    options = list(SUGGESTED) + ([name] if name and name not in SUGGESTED else [])
+    name = st.selectbox("Dataset", options, index=options.index(name) if name else 0,
+                        accept_new_options=True, help="Any TFDS image classification dataset name.")
+
 with st.form("data_form"):
-    name = config.name if source == config.source else ""
-    splits = config.tfds_splits
     if source == "tfds":
-        name = st.selectbox("Dataset", list(SUGGESTED), index=list(SUGGESTED).index(name) if name in SUGGESTED else 0,
-                            accept_new_options=True, help="Any TFDS image classification dataset name.")
-        defaults = SUGGESTED.get(name, GUIDE_TFDS_SPLITS)
+        defaults = splits if (source, name) == (config.source, config.name) else SUGGESTED.get(name, GUIDE_TFDS_SPLITS)
         cols = st.columns(3)
         splits = tuple(
             col.text_input(f"{split} split", value=value, help="TFDS split syntax, e.g. train[:40%]")
@@ -69,8 +73,8 @@ with st.form("data_form"):
             )
 
 data = current_data()
+st.session_state["data_loaded"] = data is not None
 if data is not None:
-    st.session_state["data_loaded"] = True
     st.subheader(data.description)
     counts = data.counts()
     cols = st.columns(4)

@@ -1,5 +1,207 @@
-"""Evaluate (coming next)."""
+"""Evaluate: test accuracy of the head-only and fine-tuned models, per-class scores,
+the confusion matrix, a gallery of predictions and predictions on uploaded images."""
+import numpy as np
+import pandas as pd
+import plotly.express as px
 import streamlit as st
 
+from core import evaluation, runs
+from core.errors import UserError
+from core.images import ImageError, load_image
+from core.workflow import CLASSES_FILE, load_data, load_run_model
+from pages._common import image_grid, runs_dir, show_error
+
+KINDS = {"final": "Fine-tuned", "head": "Head only"}
+GALLERY_SIZE = 12
+MISTAKES_SHOWN = 6
+
+
+def has_model(run: runs.Run) -> bool:
+    """Whether the run has a trained head (every later model builds on it)."""
+    return (run.path / CLASSES_FILE).is_file() and run.model_path("head").is_file()
+
+
+def is_fine_tuned(run: runs.Run) -> bool:
+    return "fine_tune" in run.read_json("metrics.json", default={})
+
+
+def model_version(run: runs.Run, kind: str) -> int:
+    """Changes whenever the model file is rewritten, so caches keyed on it stay current."""
+    return run.model_path(kind).stat().st_mtime_ns
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model...")
+def cached_model(path: str, kind: str, version: int):
+    """The run's `kind` model and class names, loaded once per model file version."""
+    return load_run_model(runs.Run(path), kind)
+
+
+@st.cache_data(max_entries=16, show_spinner="Evaluating on the test split...")
+def test_report(path: str, kind: str, version: int) -> dict:
+    """Accuracy, loss, per-class scores, confusion matrix and class probabilities of
+    the `kind` model on its run's test split (one prediction pass, cached)."""
+    run = runs.Run(path)
+    model, classes = cached_model(path, kind, version)
+    data = load_data(run.config.data)
+    if data.class_names != classes:
+        raise UserError(f"The dataset of run {run.id} now has the classes {', '.join(data.class_names)}, "
+                        f"but its model was trained on {', '.join(classes)}.",
+                        "Restore the data the run was trained on, or train a new run on this data.")
+    images, labels = data.splits["test"]
+    if not len(labels):
+        raise UserError(f"The dataset of run {run.id} has no test images.",
+                        "Give the data a test fraction above 0 (Data page) or a test folder, and train again.")
+    probs = evaluation.predict_probabilities(model, images)
+    predicted = probs.argmax(axis=1)
+    report = evaluation.classification_report(labels, predicted, classes)
+    report.update(loss=evaluation.cross_entropy(labels, probs), probabilities=probs,
+                  confusion_matrix=evaluation.confusion_matrix(labels, predicted, len(classes)))
+    return report
+
+
+def run_label(run: runs.Run) -> str:
+    try:
+        name = run.config.name
+    except UserError:
+        name = ""
+    return f"{name} · {run.id}" if name else run.id
+
+
+def default_run(candidates: list[runs.Run]) -> runs.Run:
+    """The session's run, else the newest finished one, else the newest."""
+    by_id = {run.id: run for run in candidates}
+    if st.session_state.get("run_id") in by_id:
+        return by_id[st.session_state["run_id"]]
+    finished = [run for run in candidates if run.status()["status"] == runs.FINISHED]
+    return (finished or candidates)[0]
+
+
+def headline(reports: dict[str, dict]) -> None:
+    """Test accuracy and loss of the head-only and fine-tuned models side by side."""
+    head = reports["head"]
+    cols = st.columns(4)
+    cols[0].metric("Head only: test accuracy", f"{head['accuracy']:.1%}")
+    cols[1].metric("Head only: test loss", f"{head['loss']:.4f}")
+    tuned = reports.get("final")
+    if tuned is None:
+        cols[2].caption("Not fine-tuned: the Fine-tune page continues from this head.")
+        return
+    cols[2].metric("Fine-tuned: test accuracy", f"{tuned['accuracy']:.1%}",
+                   delta=f"{100 * (tuned['accuracy'] - head['accuracy']):+.1f} points")
+    cols[3].metric("Fine-tuned: test loss", f"{tuned['loss']:.4f}",
+                   delta=f"{tuned['loss'] - head['loss']:+.4f}", delta_color="inverse")
+
+
+def per_class_table(report: dict) -> None:
+    st.dataframe(pd.DataFrame(report["per_class"]), hide_index=True, column_config={
+        score: st.column_config.NumberColumn(format="%.3f") for score in ("precision", "recall", "f1")})
+    st.caption(f"Macro F1 {report['macro']['f1']:.3f} · weighted F1 {report['weighted']['f1']:.3f}. "
+               "Precision: of the images predicted as the class, how many were it; recall: of the "
+               "images of the class, how many were found.")
+
+
+def confusion_heatmap(matrix: np.ndarray, classes: list[str]):
+    figure = px.imshow(matrix, x=classes, y=classes, text_auto=True, color_continuous_scale="Blues",
+                       labels={"x": "Predicted class", "y": "True class", "color": "Images"}, aspect="auto")
+    figure.update_xaxes(type="category", side="bottom")
+    figure.update_yaxes(type="category")
+    figure.update_layout(title="Confusion matrix (rows: true class, columns: predicted)", margin=dict(t=50, b=10))
+    return figure
+
+
+def caption(classes: list[str], label: int, probs: np.ndarray) -> str:
+    """The gallery caption: a green tick or a red cross, the prediction and its confidence."""
+    predicted = int(probs.argmax())
+    if predicted == label:
+        return f"✅ {classes[predicted]} ({probs[predicted]:.0%})"
+    return f"❌ {classes[predicted]} ({probs[predicted]:.0%}) · true: {classes[label]}"
+
+
+def gallery(images: np.ndarray, labels: np.ndarray, report: dict, classes: list[str], seed: int) -> None:
+    probs = report["probabilities"]
+    shown = np.random.default_rng(seed).permutation(len(labels))[:GALLERY_SIZE]
+    st.markdown("#### Predictions on test images")
+    st.caption("✅ right, ❌ wrong (with the true class). The percentage is the model's confidence.")
+    image_grid(images[shown], [caption(classes, labels[i], probs[i]) for i in shown], columns=4)
+
+    st.markdown("#### Most confident mistakes")
+    worst = evaluation.top_losses(labels, probs, MISTAKES_SHOWN)
+    if not worst:
+        st.success("No mistakes on the test split.", icon=":material/check_circle:")
+        return
+    losses = evaluation.sample_losses(labels[worst], probs[worst])
+    image_grid(images[worst], [f"{caption(classes, labels[i], probs[i])} · loss {loss:.2f}"
+                               for i, loss in zip(worst, losses)], columns=4)
+
+
+def probability_chart(classes: list[str], probs: np.ndarray, title: str):
+    frame = pd.DataFrame({"class": classes, "probability": probs})
+    figure = px.bar(frame, x="class", y="probability", range_y=[0, 1], title=title, text_auto=".1%")
+    figure.update_xaxes(type="category")
+    figure.update_layout(height=280, margin=dict(t=40, b=10))
+    return figure
+
+
+def predict_uploads(uploads, run: runs.Run, kind: str) -> None:
+    """Class probabilities of each uploaded image; a file that is no usable image gets its reason."""
+    size = run.config.data.image_size
+    loaded = []
+    for upload in uploads:
+        try:
+            loaded.append((upload.name, load_image(upload.getvalue(), size)))
+        except ImageError as error:
+            st.error(f"{upload.name}: {error.reason}.", icon=":material/broken_image:")
+            st.caption(error.hint)
+    if not loaded:
+        return
+    model, classes = cached_model(str(run.path), kind, model_version(run, kind))
+    probs = evaluation.predict_probabilities(model, np.stack([image for _, image in loaded]).astype("float32"))
+    for index, ((name, image), row) in enumerate(zip(loaded, probs)):
+        left, right = st.columns([1, 3])
+        left.image(image, caption=name)
+        predicted = int(row.argmax())
+        right.plotly_chart(probability_chart(classes, row, f"{name}: {classes[predicted]} ({row[predicted]:.0%})"),
+                           width="stretch", key=f"upload-{index}")
+
+
 st.title("Evaluate")
-st.info("Coming next: test accuracy, confusion matrix and a gallery of predictions.", icon=":material/construction:")
+st.caption("How well the trained models do on the test split, which they never saw in training.")
+
+candidates = [run for run in runs.list_runs(runs_dir()) if has_model(run)]
+if not candidates:
+    st.info("No trained model yet: train a head on the Train head page first.", icon=":material/info:")
+    st.stop()
+by_id = {run.id: run for run in candidates}
+ids = list(by_id)
+run = by_id[st.selectbox("Run", ids, index=ids.index(default_run(candidates).id),
+                         format_func=lambda run_id: run_label(by_id[run_id]), key="evaluate_run")]
+
+try:
+    kinds = ["head", "final"] if is_fine_tuned(run) else ["head"]
+    reports = {kind: test_report(str(run.path), kind, model_version(run, kind)) for kind in kinds}
+    images, labels = load_data(run.config.data).splits["test"]
+except UserError as error:
+    show_error(error)
+    st.stop()
+
+headline(reports)
+kind = st.radio("Model to inspect", kinds[::-1], format_func=KINDS.get, horizontal=True,
+                key="evaluate_model") if len(kinds) > 1 else kinds[0]
+report = reports[kind]
+classes = [row["class"] for row in report["per_class"]]
+st.caption(f"{KINDS[kind]} model of run `{run.id}` on {len(labels):,} test images.")
+
+left, right = st.columns(2)
+with left:
+    st.markdown("#### Per-class scores")
+    per_class_table(report)
+with right:
+    st.plotly_chart(confusion_heatmap(report["confusion_matrix"], classes), width="stretch", key="confusion")
+
+gallery(images, labels, report, classes, run.config.seed)
+
+st.markdown("#### Try your own images")
+uploads = st.file_uploader("Images to classify", accept_multiple_files=True, key="evaluate_uploads",
+                           help="JPEG, PNG, BMP, GIF, WebP or TIFF; each is resized to the model's input size.")
+if uploads:
+    predict_uploads(uploads, run, kind)

@@ -1,5 +1,277 @@
-"""Runs (coming next)."""
+"""Runs: every training run on disk. Compare their curves, load one into the session,
+export its model, delete it, and run the from-scratch / transfer / fine-tune comparison."""
+import functools
+from pathlib import Path
+
+import pandas as pd
+import plotly.express as px
 import streamlit as st
 
+from core import compare, export, runs, workflow
+from core.config import RunConfig
+from core.errors import UserError
+from pages._common import job_manager, runs_dir, show_error, state, user_errors
+
+EXPORT_FOLDER = "export"
+EXPORT_FILES = {
+    "model.keras": "Keras model: `keras.saving.load_model(path)`",
+    "saved_model.zip": "TensorFlow SavedModel for TF Serving (signature `serving_default`)",
+    "model_float.tflite": "TFLite, float32 weights",
+    "model_dynamic_range.tflite": "TFLite, dynamic-range quantised (int8 weights, about 4x smaller)",
+}
+MODEL_KINDS = {"final": "Final (after the last phase)", "best": "Best epoch", "head": "Head only"}
+POLL_SECONDS = 2
+PERCENT = st.column_config.NumberColumn(format="percent")
+
+
+def run_label(row: dict) -> str:
+    return f"{row['name']} · {row['run']}" if row.get("name") else row["run"]
+
+
+def live_progress(run_id: str) -> str:
+    """What this server's worker is doing for the run right now ("" when it is not running it)."""
+    job = job_manager().get(run_id)
+    if job is None or job.state == "done":
+        return ""
+    return "waiting in the queue" if job.state == "queued" else compare.progress_text(job.progress.snapshot())
+
+
+def runs_table(rows: list[dict]) -> None:
+    frame = pd.DataFrame(rows)
+    frame.insert(frame.columns.get_loc("status") + 1, "progress", [live_progress(row["run"]) for row in rows])
+    st.dataframe(frame, hide_index=True, column_config={
+        "best val accuracy": PERCENT,
+        "test accuracy": PERCENT,
+        "head LR": st.column_config.NumberColumn(format="%.0e"),
+        "fine-tune LR": st.column_config.NumberColumn(format="%.0e"),
+        "seconds": st.column_config.NumberColumn("training time (s)", format="%.1f"),
+        "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
+    })
+
+
+def curves_chart(histories: dict[str, list[dict]]):
+    """Validation accuracy and loss against epoch, one colour per run."""
+    frame = pd.DataFrame(compare.validation_curves(histories))
+    figure = px.line(frame, x="epoch", y="value", color="run", facet_col="metric", markers=True,
+                     category_orders={"metric": list(compare.CURVE_METRICS)}, labels={"value": ""})
+    figure.update_yaxes(matches=None, showticklabels=True)
+    figure.for_each_annotation(lambda a: a.update(text="Validation " + a.text.split("=")[-1]))
+    figure.update_layout(height=380, margin=dict(t=40, b=10), legend=dict(orientation="h", y=-0.2))
+    return figure
+
+
+# --- one run: load, export, delete ----------------------------------------------------
+
+def load_into_session(run: runs.Run) -> None:
+    """Make the run's configs the session's, so the workflow pages continue from it."""
+    config = run.config
+    st.session_state.update(run_id=run.id, data_config=config.data, augment_config=config.augment,
+                            model_config=config.model, head_config=config.head)
+    if run.model_path("head").is_file():
+        st.session_state["head_run_id"] = run.id
+    if config.fine_tune is not None:
+        st.session_state.update(fine_tune_config=config.fine_tune, fine_tune_at=config.fine_tune.fine_tune_at,
+                                freeze_batchnorm=config.fine_tune.freeze_batchnorm)
+    st.session_state["runs_notice"] = f"Run {run.id} is now the session's run: its data, augmentation, model and training settings are loaded."
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def exported(path: str, kind: str, version: int) -> dict[str, dict]:
+    """Every export of the run's `kind` model, written once per model file version into
+    the run's export/<kind>/ folder: {file name: {"path", "bytes"}}."""
+    run = runs.Run(path)
+    model, _ = workflow.load_run_model(run, kind)
+    return export.export_all(model, run.path / EXPORT_FOLDER / kind)
+
+
+def human_size(size: int) -> str:
+    for unit in ("B", "KB", "MB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+def export_panel(run: runs.Run) -> None:
+    kinds = [kind for kind in MODEL_KINDS if run.model_path(kind).is_file()]
+    if not kinds:
+        st.caption("This run has no saved model yet.")
+        return
+    kind = st.radio("Model", kinds, format_func=MODEL_KINDS.get, horizontal=True, key="runs_export_kind")
+    key = (str(run.path), kind, run.model_path(kind).stat().st_mtime_ns)
+    done = st.session_state.setdefault("runs_exported", set())
+    if st.button("Export", key="runs_export", icon=":material/ios_share:"):
+        with st.spinner("Exporting .keras, SavedModel and two TFLite files (about 10 s)..."), user_errors():
+            exported(*key)
+            done.add(key)
+    if key not in done:
+        st.caption("Writes every format into the run's export/ folder; the files then download from here.")
+        return
+    files = exported(*key)
+    if not all(Path(file["path"]).is_file() for file in files.values()):
+        done.discard(key)
+        st.warning("The exported files are gone; export again.")
+        return
+    st.dataframe(pd.DataFrame([{"file": name, "size": human_size(file["bytes"]), "bytes": file["bytes"],
+                                "what": EXPORT_FILES.get(name, "")} for name, file in files.items()]),
+                 hide_index=True)
+    cols = st.columns(len(files))
+    for col, (name, file) in zip(cols, files.items()):
+        col.download_button(name, data=functools.partial(Path(file["path"]).read_bytes), file_name=name,
+                            mime="application/octet-stream", key=f"runs_download:{name}", icon=":material/download:")
+    st.caption("Every export takes raw RGB pixels in [0, 255] at the run's image size and returns logits; "
+               "augmentation and the backbone's preprocessing are inside the model.")
+
+
+def delete_panel(run: runs.Run) -> None:
+    confirmed = st.checkbox(f"Yes, delete run {run.id} with its models and history", key=f"runs_delete_confirm:{run.id}")
+    if not st.button("Delete run", key=f"runs_delete:{run.id}", disabled=not confirmed, icon=":material/delete:"):
+        return
+    try:
+        runs.delete_run(run)
+    except UserError as error:
+        show_error(error)
+        return
+    for key in ("run_id", "head_run_id", "fine_tune_run_id"):
+        if st.session_state.get(key) == run.id:
+            del st.session_state[key]
+    st.session_state["runs_notice"] = f"Deleted run {run.id}."
+    st.rerun()
+
+
+def manage_run(rows: list[dict]) -> None:
+    labels = {row["run"]: run_label(row) for row in rows}
+    ids = list(labels)
+    current = st.session_state.get("run_id")
+    run_id = st.selectbox("Run", ids, index=ids.index(current) if current in ids else 0,
+                          format_func=labels.get, key="runs_selected")
+    run = runs.Run(runs_dir() / run_id)
+    load, export_tab, config_tab, delete_tab = st.tabs(["Load into session", "Export model", "Config", "Delete"])
+    with load:
+        st.caption("Use this run's data, augmentation, model and training settings in the workflow pages, "
+                   "e.g. to fine-tune its head further or to evaluate it.")
+        st.button("Load into session", key="runs_load", on_click=load_into_session, args=(run,),
+                  icon=":material/input:", disabled=_status(rows, run_id) == "unreadable")
+    with export_tab:
+        export_panel(run)
+    with config_tab:
+        try:
+            text = (run.path / runs.CONFIG_FILE).read_text(encoding="utf-8")
+        except OSError as error:
+            st.error(f"Cannot read {run.path / runs.CONFIG_FILE}: {error.strerror}.")
+        else:
+            st.download_button("config.json", data=text, file_name="config.json", mime="application/json",
+                               key="runs_config_download", icon=":material/download:")
+            st.caption("Reproduces the run headless, unchanged: `python -m core train --config config.json`.")
+            st.code(text, language="json")
+    with delete_tab:
+        delete_panel(run)
+
+
+def _status(rows: list[dict], run_id: str) -> str:
+    return next(row["status"] for row in rows if row["run"] == run_id)
+
+
+# --- from scratch vs transfer vs fine-tune ------------------------------------------------
+
+def start_comparison(epochs: int) -> None:
+    """Queue the three comparison runs on the session's data, augmentation, model and head settings."""
+    data = state("data_config")
+    base = RunConfig(data=data, augment=state("augment_config"), model=state("model_config"),
+                     head=state("head_config"), seed=data.seed)
+    started = {}
+    for label, config in workflow.comparison_configs(base, epochs).items():
+        run = runs.Run.create(runs_dir(), config)
+        job_manager().submit(run, workflow.full_job)
+        started[label] = run.id
+    st.session_state["comparison_runs"] = started
+
+
+def comparison_runs() -> dict[str, runs.Run]:
+    """The session's comparison runs that still exist, by label."""
+    ids = st.session_state.get("comparison_runs") or {}
+    return {label: runs.Run(runs_dir() / run_id) for label, run_id in ids.items()
+            if (runs_dir() / run_id / runs.CONFIG_FILE).is_file()}
+
+
+def comparison_active(compared: dict[str, runs.Run]) -> bool:
+    return any(live_progress(run.id) for run in compared.values())
+
+
+def comparison_status(compared: dict[str, runs.Run]) -> None:
+    """The three runs' statuses, redrawn every few seconds while any is queued or running."""
+    active = comparison_active(compared)
+
+    @st.fragment(run_every=POLL_SECONDS if active else None)
+    def panel():
+        rows = [{"run": label, "id": run.id, "status": run.status()["status"], "progress": live_progress(run.id)}
+                for label, run in compared.items()]
+        st.dataframe(pd.DataFrame(rows), hide_index=True)
+        if active and not comparison_active(compared):
+            st.rerun()  # all ended: redraw the page once with the results, and stop polling
+
+    panel()
+
+
+def comparison_results(compared: dict[str, runs.Run]) -> None:
+    finished = {label: run for label, run in compared.items() if run.status()["status"] == runs.FINISHED}
+    unfinished = sorted(set(compared) - set(finished))
+    if unfinished:
+        st.warning(f"Not finished: {', '.join(unfinished)}. See the runs table for why.", icon=":material/warning:")
+    if not finished:
+        return
+    st.plotly_chart(curves_chart({label: run.history() for label, run in finished.items()}),
+                    width="stretch", key="comparison_curves")
+    st.dataframe(pd.DataFrame(compare.comparison_table(finished)), hide_index=True, column_config={
+        "best val accuracy": PERCENT, "test accuracy": PERCENT,
+        "seconds": st.column_config.NumberColumn("training time (s)", format="%.1f"),
+        "seconds per epoch": st.column_config.NumberColumn(format="%.2f")})
+    st.caption("From scratch trains every weight from random values; transfer trains only the new head on the "
+               "frozen pretrained features (the fast path runs the backbone once); fine-tuning then unfreezes the "
+               "whole backbone at a 10x lower learning rate.")
+
+
+def comparison_section() -> None:
+    st.subheader("From scratch vs transfer vs fine-tune")
+    st.caption("Three runs on the session's current data, augmentation, model and head settings, the same "
+               "number of epochs each: random weights trained end to end; the pretrained backbone frozen with a "
+               "new head; and that head then fine-tuned with the whole backbone unfrozen at a tenth of the rate.")
+    compared = comparison_runs()
+    busy = comparison_active(compared)
+    cols = st.columns([1, 3], vertical_alignment="bottom")
+    epochs = cols[0].number_input("Epochs per phase", 1, 100, 3, key="runs_compare_epochs")
+    if cols[1].button("Run the comparison", key="runs_compare_start", disabled=busy, icon=":material/compare:"):
+        with user_errors():
+            start_comparison(int(epochs))
+            st.rerun()
+    if compared:
+        comparison_status(compared)
+        if not busy:
+            comparison_results(compared)
+
+
 st.title("Runs")
-st.info("Coming next: compare runs and export models.", icon=":material/construction:")
+st.caption("Every training run on this server, newest first: compare them, continue one, export its model.")
+notice = st.session_state.pop("runs_notice", None)
+if notice:
+    st.success(notice, icon=":material/check_circle:")
+
+rows = compare.runs_table(runs.list_runs(runs_dir()))
+if not rows:
+    st.info("No runs yet: train a head on the Train head page, or start the comparison below.", icon=":material/info:")
+else:
+    runs_table(rows)
+
+    st.subheader("Learning curves")
+    with_history = [row["run"] for row in rows if row.get("best val accuracy") is not None]
+    labels = {row["run"]: run_label(row) for row in rows}
+    chosen = st.multiselect("Runs to overlay", with_history, default=with_history[:2], format_func=labels.get,
+                            key="runs_curves")
+    if chosen:
+        histories = {labels[run_id]: runs.Run(runs_dir() / run_id).history() for run_id in chosen}
+        st.plotly_chart(curves_chart(histories), width="stretch", key="runs_curves_chart")
+
+    st.subheader("Manage a run")
+    manage_run(rows)
+
+comparison_section()

@@ -1,0 +1,190 @@
+"""Head training and fine-tuning: the fast path's equivalence, augmentation views,
+BatchNormalization, stop, NaN, two learning rates and the distribution strategy.
+
+Small data the tests make (the demo shapes at 96 px) and the real MobileNetV2
+weights from ../shared, so the model is the real one.
+"""
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+from core import datasets, training
+from core.augmentation import build_augmentation
+from core.config import AugmentConfig, DataConfig, ModelConfig, TrainConfig
+from core.jobs import Progress
+from core.model import build_model, get_backbone, set_trainable
+
+SIZE = 96
+
+
+@pytest.fixture(scope="module")
+def data():
+    """A small subset of the demo shapes: 4 classes, 24 training images each."""
+    full = datasets.load(DataConfig(image_size=SIZE, val_fraction=0.2, test_fraction=0.1))
+    images, labels = full.splits["train"]
+    keep = np.concatenate([np.flatnonzero(labels == c)[:24] for c in range(full.num_classes)])
+    full.splits["train"] = (images[keep], labels[keep])
+    return full
+
+
+def new_model(data, augment=AugmentConfig(flip="horizontal", rotation=0.1), **model):
+    keras.utils.set_random_seed(0)
+    return build_model(ModelConfig(**model), data.num_classes, SIZE, build_augmentation(augment, seed=0))
+
+
+def predict(model, inputs):
+    return np.asarray(model.predict(keras.tree.map_structure(lambda x: x.astype("float32"), inputs), verbose=0))
+
+
+def test_head_on_features_equals_the_full_model(data):
+    model = new_model(data)
+    result = training.train_phase(model, data, TrainConfig(epochs=2, views=2), "head", batch_size=16)
+    assert result.path == "features" and len(result.history) == 2
+    part = training.frozen_part(model, set_trainable(model, None))
+    images = data.splits["validation"][0]
+    features = training.extract(part, model, images, augment=False)
+    np.testing.assert_allclose(predict(part.trainable, features[0]), predict(model, images), atol=2e-3)
+
+
+def test_fine_tune_part_equals_the_full_model_across_residual_cut(data):
+    model = new_model(data)
+    start = set_trainable(model, "100")
+    bottom, top = training.split_backbone(get_backbone(model), start)
+    assert len(bottom.outputs) == 2  # a residual connection jumps over layer 100 of MobileNetV2
+    part = training.frozen_part(model, start)
+    images = data.splits["validation"][0][:16]
+    cached = training.extract(part, model, images, augment=False)
+    np.testing.assert_allclose(predict(part.trainable, tuple(cached)), predict(model, images), atol=2e-2)
+
+
+def test_views_are_random_augmentations_and_validation_is_clean(data):
+    model = new_model(data)
+    part = training.frozen_part(model, set_trainable(model, None))
+    images = data.splits["train"][0][:8]
+    first, second = (training.extract(part, model, images, augment=True)[0] for _ in range(2))
+    clean = [training.extract(part, model, images, augment=False)[0] for _ in range(2)]
+    assert not np.allclose(first, second)
+    np.testing.assert_array_equal(clean[0], clean[1])
+
+
+def test_each_epoch_reads_the_next_view():
+    views = [[np.full((4, 2), v, "float32")] for v in range(3)]
+    sequence = training.ViewSequence(views, np.arange(4), batch_size=4, seed=0)
+    seen = []
+    for _ in range(4):
+        seen.append(float(sequence[0][0][0, 0]))
+        sequence.on_epoch_end()
+    assert seen == [0.0, 1.0, 2.0, 0.0]
+
+
+def test_fine_tuning_on_the_fast_path_keeps_batchnorm_statistics(data):
+    model = new_model(data)
+    backbone = get_backbone(model)
+    norms = [layer for layer in backbone.layers[100:] if isinstance(layer, keras.layers.BatchNormalization)]
+    before = [np.array(layer.moving_mean) for layer in norms]
+    kernel = next(layer for layer in backbone.layers[100:] if layer.trainable_weights or isinstance(layer, keras.layers.Conv2D))
+    kernel_before = np.array(kernel.weights[0])
+    result = training.train_phase(model, data, TrainConfig(epochs=1, learning_rate=1e-3, fine_tune_at="100", views=1),
+                                  "fine_tune", batch_size=16)
+    assert result.path == "features"
+    for layer, mean in zip(norms, before):
+        np.testing.assert_array_equal(np.array(layer.moving_mean), mean)
+    assert not np.array_equal(np.array(kernel.weights[0]), kernel_before)  # the top really trained
+
+
+def test_fine_tuning_continues_epoch_numbers_and_can_take_the_full_path(data):
+    model = new_model(data)
+    training.train_phase(model, data, TrainConfig(epochs=1), "head", batch_size=16)
+    result = training.train_phase(model, data, TrainConfig(epochs=1, fine_tune_at="140", fast_path=False),
+                                  "fine_tune", batch_size=16, epoch_offset=1)
+    assert result.path == "full"
+    assert [r["epoch"] for r in result.history] == [2] and result.history[0]["phase"] == "fine_tune"
+
+
+def test_head_learns_the_shapes(data):
+    model = new_model(data)
+    result = training.train_phase(model, data, TrainConfig(epochs=6, views=2), "head", batch_size=16)
+    assert result.initial["accuracy"] < 0.6  # the tutorial's starting point: an untrained head
+    assert result.best_val_accuracy > 0.8
+
+
+class StopAt(Progress):
+    """Asks to stop once `batches` training batches have run."""
+
+    def __init__(self, batches):
+        super().__init__()
+        self.batches = batches
+
+    def update(self, **fields):
+        super().update(**fields)
+        if fields.get("stage") == "training" and fields.get("batch", 0) >= self.batches:
+            self.request_stop()
+
+
+def test_stop_ends_after_the_current_batch(data):
+    model = new_model(data)
+    result = training.train_phase(model, data, TrainConfig(epochs=5, views=1), "head", batch_size=16,
+                                  progress=StopAt(batches=2))
+    assert result.stopped and len(result.history) == 1  # the first epoch ended early, no second one
+
+
+def test_stop_during_feature_extraction(data):
+    progress = Progress()
+    progress.request_stop()
+    with pytest.raises(training.Stopped):
+        training.train_phase(new_model(data), data, TrainConfig(epochs=1), "head", progress=progress)
+
+
+def test_nan_loss_is_detected(data):
+    model = new_model(data)
+    result = training.train_phase(model, data, TrainConfig(epochs=3, optimizer="sgd", learning_rate=1e38, views=1),
+                                  "head", batch_size=16)
+    assert result.nan_epoch == 1 and result.history == []
+
+
+def test_separate_head_learning_rate(data):
+    model = new_model(data)
+    logits = model.get_layer("logits")
+    top_conv = get_backbone(model).get_layer("Conv_1")
+    head_before, conv_before = np.array(logits.kernel), np.array(top_conv.kernel)
+    config = TrainConfig(epochs=1, learning_rate=1e-3, head_learning_rate=0.0, fine_tune_at="140", views=1)
+    training.train_phase(model, data, config, "fine_tune", batch_size=16)
+    np.testing.assert_array_equal(np.array(logits.kernel), head_before)  # head rate 0: unchanged
+    assert not np.array_equal(np.array(top_conv.kernel), conv_before)
+
+
+def test_class_weights_balance_the_classes():
+    weights = training.class_weights(np.array([0, 0, 0, 1]), 2)
+    np.testing.assert_allclose(weights, [4 / 6, 2.0])
+
+
+def test_training_on_two_logical_cpu_devices(tmp_path):
+    script = textwrap.dedent(f"""
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        import numpy as np
+        from core import datasets, training
+        from core.config import DataConfig, ModelConfig, TrainConfig
+        from core.model import build_model
+        strategy = training.select_strategy(["/cpu:0", "/cpu:1"])
+        assert strategy.num_replicas_in_sync == 2, strategy
+        data = datasets.load(DataConfig(image_size={SIZE}))
+        for split in data.splits:
+            images, labels = data.splits[split]
+            data.splits[split] = (images[:64], labels[:64])
+        with strategy.scope():
+            model = build_model(ModelConfig(), data.num_classes, {SIZE})
+            fast = training.train_phase(model, data, TrainConfig(epochs=2, views=1), "head", batch_size=16)
+            full = training.train_phase(model, data, TrainConfig(epochs=3, fast_path=False, fine_tune_at="140"),
+                                        "fine_tune", batch_size=16, epoch_offset=2)
+        print("PATHS", fast.path, full.path, "LOSS", full.history[0]["loss"], full.history[-1]["loss"])
+        assert full.history[-1]["loss"] < fast.history[0]["loss"]
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "PATHS features full" in done.stdout
