@@ -1,0 +1,55 @@
+"""End-to-end: the dashboard in a real Chromium, from the first page load on."""
+import re
+import time
+
+import pytest
+
+from core import demo_data
+from tests.browser import (  # noqa: F401 (app_server, browser_page and chromium are fixtures)
+    app_server, assert_no_errors, browser_page, chromium, image_captions, open_page, record_timing,
+    save_screenshot, wait_for_chart, wait_for_images, wait_until_idle,
+)
+
+NAV_TITLES = ["Data", "Augmentation", "Model", "Train head", "Fine-tune", "Evaluate", "Runs"]
+
+
+def nav_titles(page) -> list[str]:
+    """The sidebar's page links, without their icon names."""
+    return [text.split("\n")[-1] for text in page.locator('[data-testid="stSidebarNavLink"]').all_inner_texts()]
+
+
+def report_timing(capsys, name: str, label: str, seconds: float) -> None:
+    """Print a timing (even without -s) and keep it in docs/screenshots/timings.json."""
+    record_timing(name, seconds)
+    with capsys.disabled():
+        print(f"\n[timing] {label}: {seconds:.1f} s")
+
+
+@pytest.mark.browser
+def test_data_page_then_augmentation_through_the_sidebar(app_server, browser_page, capsys):
+    page = browser_page
+    started = time.perf_counter()
+    page.goto(app_server.url)
+    wait_for_images(page, 9)
+    wait_for_chart(page)
+    data_render_s = time.perf_counter() - started
+    wait_until_idle(page)
+    assert_no_errors(page)
+    assert nav_titles(page) == NAV_TITLES
+    captions = image_captions(page)
+    assert len(captions) >= 9 and set(captions) <= set(demo_data.CLASSES)
+    save_screenshot(page, "data")
+
+    started = time.perf_counter()
+    open_page(page, "Augmentation")
+    wait_for_images(page, 9, caption_prefix="Random view")
+    switch_s = time.perf_counter() - started
+    wait_until_idle(page)
+    assert_no_errors(page)
+    assert [c for c in image_captions(page) if c.startswith("Random view")] == [f"Random view {i}" for i in range(1, 10)]
+    assert re.search(r"check_circle\s+Data loaded", page.locator('[data-testid="stSidebarUserContent"]').inner_text())
+    save_screenshot(page, "augmentation")
+
+    report_timing(capsys, "server_start_s", "Server start (launch to healthy)", app_server.startup_s)
+    report_timing(capsys, "data_first_render_s", "Data page first render (demo generated, 9 images, chart)", data_render_s)
+    report_timing(capsys, "augmentation_switch_s", "Switch to Augmentation (9 previews)", switch_s)
