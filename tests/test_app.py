@@ -83,13 +83,12 @@ def test_sidebar_shows_current_choices_and_workflow_state():
     at = AppTest.from_file(APP, default_timeout=120)
     at.session_state["data_config"] = DataConfig(image_size=96, batch_size=16)
     at.session_state["augment_config"] = AugmentConfig(flip="vertical", rotation=0.0, zoom=0.2)
-    at.session_state["data_loaded"] = True
     text = sidebar_text(at.run())
     assert "demo · shapes" in text
     assert "96 px · batch 16" in text
     assert "MobileNetV2" in text
     assert "flip=vertical,zoom=0.2" in text
-    assert ":material/check_circle: Data loaded" in text
+    assert ":material/check_circle: Data loaded" in text, "the sidebar is drawn after the page that loaded it"
     assert ":material/radio_button_unchecked: Head trained" in text
 
 

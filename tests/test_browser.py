@@ -18,6 +18,12 @@ def nav_titles(page) -> list[str]:
     return [text.split("\n")[-1] for text in page.locator('[data-testid="stSidebarNavLink"]').all_inner_texts()]
 
 
+def workflow_done(page) -> list[str]:
+    """The workflow steps the sidebar shows as done."""
+    text = page.locator('[data-testid="stSidebarUserContent"]').inner_text()
+    return re.findall(r"check_circle\s+(.+)", text)
+
+
 def report_timing(capsys, name: str, label: str, seconds: float) -> None:
     """Print a timing (even without -s) and keep it in docs/screenshots/timings.json."""
     record_timing(name, seconds)
@@ -38,6 +44,7 @@ def test_data_page_then_augmentation_through_the_sidebar(app_server, browser_pag
     assert nav_titles(page) == NAV_TITLES
     captions = image_captions(page)
     assert len(captions) >= 9 and set(captions) <= set(demo_data.CLASSES)
+    assert workflow_done(page) == ["Data loaded"]
     save_screenshot(page, "data")
 
     started = time.perf_counter()
@@ -47,7 +54,7 @@ def test_data_page_then_augmentation_through_the_sidebar(app_server, browser_pag
     wait_until_idle(page)
     assert_no_errors(page)
     assert [c for c in image_captions(page) if c.startswith("Random view")] == [f"Random view {i}" for i in range(1, 10)]
-    assert re.search(r"check_circle\s+Data loaded", page.locator('[data-testid="stSidebarUserContent"]').inner_text())
+    assert workflow_done(page) == ["Data loaded", "Augmentation previewed"]
     save_screenshot(page, "augmentation")
 
     report_timing(capsys, "server_start_s", "Server start (launch to healthy)", app_server.startup_s)
