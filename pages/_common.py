@@ -15,6 +15,20 @@ from core import datasets
 from core.config import AugmentConfig, DataConfig, ModelConfig, TrainConfig
 from core.errors import UserError
 
+def _use_the_app_shell() -> None:
+    """Streamlit treats a folder named pages/ as an old-style multipage app until the
+    first run of streamlit_app.py calls st.navigation; a deep link opened first on a
+    fresh server would run a page without the shell. Switch that mode off and rerun,
+    so the entry point (and its st.navigation) runs. See streamlit/streamlit#10276."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+_use_the_app_shell()
+
 DEFAULTS = {
     "data_config": DataConfig(),
     "augment_config": AugmentConfig(),

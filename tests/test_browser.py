@@ -1,4 +1,5 @@
 """End-to-end: the dashboard in a real Chromium, from the first page load on."""
+import os
 import re
 import time
 
@@ -7,7 +8,7 @@ import pytest
 from core import demo_data
 from tests.browser import (  # noqa: F401 (app_server, browser_page and chromium are fixtures)
     app_server, assert_no_errors, browser_page, chromium, image_captions, open_page, record_timing,
-    save_screenshot, wait_for_chart, wait_for_images, wait_until_idle,
+    save_screenshot, start_server, stop_server, wait_for_chart, wait_for_images, wait_until_idle,
 )
 
 NAV_TITLES = ["Data", "Augmentation", "Model", "Train head", "Fine-tune", "Evaluate", "Runs"]
@@ -60,3 +61,21 @@ def test_data_page_then_augmentation_through_the_sidebar(app_server, browser_pag
     report_timing(capsys, "server_start_s", "Server start (launch to healthy)", app_server.startup_s)
     report_timing(capsys, "data_first_render_s", "Data page first render (demo generated, 9 images, chart)", data_render_s)
     report_timing(capsys, "augmentation_switch_s", "Switch to Augmentation (9 previews)", switch_s)
+
+
+@pytest.mark.browser
+def test_a_deep_link_to_a_fresh_server_gets_the_app_shell(browser_page, tmp_path):
+    """A bookmark (or a tab reconnecting after a restart) opens a page before the entry
+    point ever ran: the page must still come with its navigation and sidebar."""
+    env = dict(os.environ, TL_CACHE_DIR=str(tmp_path / "cache"), TL_RUNS_DIR=str(tmp_path / "runs"))
+    server = start_server(env, tmp_path / "streamlit.log")
+    try:
+        page = browser_page
+        page.goto(f"{server.url}/augmentation")
+        wait_for_images(page, 9, caption_prefix="Random view")
+        wait_until_idle(page)
+        assert_no_errors(page)
+        assert nav_titles(page) == NAV_TITLES
+        assert "Current choices" in page.locator('[data-testid="stSidebarUserContent"]').inner_text()
+    finally:
+        stop_server(server)
