@@ -58,6 +58,7 @@ class PhaseResult:
     nan_epoch: int | None = None
     trained: keras.Model | None = None
     weights: dict = field(default_factory=dict)  # "best" / "final" -> list of arrays
+    activations: Activations | None = None
 
     @property
     def has_distinct_best(self) -> bool:
@@ -196,21 +197,62 @@ class FrozenPart:
     extract: Callable  # raw pixels -> list of cached tensors
     trainable: keras.Model  # cached tensors -> logits
     cut: int  # first trainable backbone layer
+    augmentation: keras.Layer | None = None
+    traced: dict = field(default_factory=dict)
+
+    def function(self, augment: bool, image_shape) -> Callable:
+        """`extract` as a tf.function traced once per mode for any batch size; with
+        `augment`, the Random* layers draw new values at every call."""
+        if augment not in self.traced:
+            augmentation = self.augmentation if augment else None
+
+            @tf.function(input_signature=[tf.TensorSpec((None, *image_shape), tf.float32)])
+            def run(batch):
+                return self.extract(augmentation(batch, training=True) if augmentation is not None else batch)
+
+            self.traced[augment] = run
+        return self.traced[augment]
 
 
-def frozen_part(model: keras.Model, start: int) -> FrozenPart:
-    """Split `model` where the backbone starts to train (`start`, from set_trainable)."""
+@dataclass
+class Activations:
+    """What enters backbone layer `cut` for every stored training view and for the
+    validation images: kept from head training so fine-tuning from `cut` in the
+    same job needs no second pass through the frozen layers."""
+
+    cut: int
+    train: list[list[np.ndarray]]
+    validation: list[np.ndarray]
+
+
+def frozen_part(model: keras.Model, start: int, keep_cut: int | None = None) -> FrozenPart:
+    """Split `model` where the backbone starts to train (`start`, from set_trainable).
+
+    For head training (backbone frozen) with `keep_cut`, the extraction also
+    returns the activations entering layer `keep_cut`, after the features.
+    """
     backbone = model_lib.get_backbone(model)
     head = model_lib.head_layers(model)
+    preprocess = model.get_layer("preprocess")
     if start >= len(backbone.layers):
-        features = keras.Model(model.input, model.get_layer("pooling").output)
-        inputs = keras.Input(features.output.shape[1:], name="features")
+        pooling = model.get_layer("pooling")
+        inputs = keras.Input(pooling.output.shape[1:], name="features")
         x = inputs
         for layer in head[1:]:
             x = layer(x)
-        return FrozenPart(lambda pixels: [features(pixels, training=False)], keras.Model(inputs, x), start)
+        if keep_cut is None:
+            features = keras.Model(model.input, pooling.output)
+            return FrozenPart(lambda pixels: [features(pixels, training=False)], keras.Model(inputs, x), start,
+                              _augmentation(model))
+        bottom, top = split_backbone(backbone, keep_cut)
+
+        def features_and_activations(pixels):
+            activations = keras.tree.flatten(bottom(preprocess(pixels), training=False))
+            top_input = activations if len(activations) > 1 else activations[0]
+            return [pooling(top(top_input, training=False)), *activations]
+
+        return FrozenPart(features_and_activations, keras.Model(inputs, x), start, _augmentation(model))
     bottom, top = split_backbone(backbone, start)
-    preprocess = model.get_layer("preprocess")
     inputs = [keras.Input(tensor.shape[1:]) for tensor in keras.tree.flatten(bottom.output)]
     # InferenceMode keeps the top's BatchNormalization in inference mode under fit().
     enabled = model.get_layer(model_lib.BACKBONE).enabled
@@ -221,20 +263,13 @@ def frozen_part(model: keras.Model, start: int) -> FrozenPart:
         lambda pixels: keras.tree.flatten(bottom(preprocess(pixels), training=False)),
         keras.Model(inputs, x),
         start,
+        _augmentation(model),
     )
 
 
-def extract(part: FrozenPart, model: keras.Model, images: np.ndarray, augment: bool,
-            progress=None, label: str = "") -> list[np.ndarray]:
+def extract(part: FrozenPart, images: np.ndarray, augment: bool, progress=None, label: str = "") -> list[np.ndarray]:
     """Run the frozen part over `images` once (with random augmentation if asked)."""
-    augmentation = _augmentation(model) if augment else None
-
-    @tf.function(reduce_retracing=True)
-    def run(batch):
-        if augmentation is not None:  # its Random* layers draw new values at every call
-            batch = augmentation(batch, training=True)
-        return part.extract(batch)
-
+    run = part.function(augment, images.shape[1:])
     outputs, started = [], time.perf_counter()
     total = math.ceil(len(images) / EXTRACT_BATCH)
     for index, start in enumerate(range(0, len(images), EXTRACT_BATCH)):
@@ -249,7 +284,7 @@ def extract(part: FrozenPart, model: keras.Model, images: np.ndarray, augment: b
     return [np.concatenate(parts) for parts in zip(*outputs)]
 
 
-def _augmentation(model: keras.Model):
+def _augmentation(model: keras.Model) -> keras.Layer | None:
     try:
         return model.get_layer("augmentation")
     except ValueError:
@@ -266,13 +301,16 @@ def _callbacks(config: TrainConfig, recorder: Recorder) -> list:
 
 
 def train_phase(model: keras.Model, data: ImageData, config: TrainConfig, phase: str, *, batch_size: int = 32,
-                seed: int = 0, epoch_offset: int = 0, progress=None, on_epoch=None) -> PhaseResult:
+                seed: int = 0, epoch_offset: int = 0, progress=None, on_epoch=None,
+                keep_cut: int | None = None, reuse: Activations | None = None) -> PhaseResult:
     """Train one phase ("head" or "fine_tune") of `model` on `data`, in place.
 
     Freezes per `config.fine_tune_at`, recompiles, and trains for
     `config.epochs` (numbered after `epoch_offset`, so fine-tuning continues
     the head's curve) on the fast path where it applies. The model is left
     with its final weights; `PhaseResult.use_weights("best")` switches.
+    Head training on the fast path with `keep_cut` also returns the
+    `Activations` at that cut; fine-tuning from the same cut can `reuse` them.
     """
     started = time.perf_counter()
     start = model_lib.set_trainable(model, config.fine_tune_at, config.freeze_batchnorm)
@@ -281,11 +319,19 @@ def train_phase(model: keras.Model, data: ImageData, config: TrainConfig, phase:
     weights = class_weights(labels, data.num_classes)[labels] if config.class_weights else None
     batch_size = min(batch_size, len(labels))
 
+    activations = None
     if fast:
-        part = frozen_part(model, start)
-        views = [extract(part, model, data.splits["train"][0], True, progress, f"(view {view + 1}/{config.views})")
-                 for view in range(config.views)]
-        val = extract(part, model, data.splits["validation"][0], False, progress, "(validation)")
+        keep_cut = keep_cut if start == len(model_lib.get_backbone(model).layers) else None
+        part = frozen_part(model, start, keep_cut)
+        if reuse is not None and reuse.cut == start:
+            views, val = reuse.train, reuse.validation
+        else:
+            views = [extract(part, data.splits["train"][0], True, progress, f"(view {v + 1}/{config.views})")
+                     for v in range(config.views)]
+            val = extract(part, data.splits["validation"][0], False, progress, "(validation)")
+        if keep_cut is not None:
+            activations = Activations(keep_cut, [view[1:] for view in views], val[1:])
+            views, val = [view[:1] for view in views], val[:1]
         trained = part.trainable
         train_input = ViewSequence(views, labels, batch_size, seed, weights)
         val_input = tf.data.Dataset.from_tensor_slices(
@@ -311,7 +357,7 @@ def train_phase(model: keras.Model, data: ImageData, config: TrainConfig, phase:
                 epochs=epoch_offset + config.epochs, callbacks=_callbacks(config, recorder), verbose=0)
     return PhaseResult(phase, recorder.path, recorder.records, time.perf_counter() - started, recorder.stopped,
                        initial, recorder.nan_epoch, trained,
-                       {"best": recorder.best_weights, "final": recorder.final_weights})
+                       {"best": recorder.best_weights, "final": recorder.final_weights}, activations)
 
 
 def _compile(trained: keras.Model, model: keras.Model, config: TrainConfig, num_classes: int) -> keras.Model:

@@ -22,7 +22,7 @@ from core.augmentation import build_augmentation
 from core.config import RunConfig, TrainConfig
 from core.datasets import ImageData
 from core.errors import UserError
-from core.model import build_model
+from core.model import build_model, first_trainable_index, get_backbone
 from core.runs import Run
 
 CLASSES_FILE = "classes.json"
@@ -45,9 +45,9 @@ def _stoppable(job):
     """A stop during feature extraction ends the job quietly, as a stop during training does."""
 
     @functools.wraps(job)
-    def run_job(run: Run, progress, data_root: Path | None = None) -> dict:
+    def run_job(run: Run, progress, data_root: Path | None = None, **kwargs) -> dict:
         try:
-            return job(run, progress, data_root)
+            return job(run, progress, data_root, **kwargs)
         except training.Stopped:
             run.log("Stopped before training started; nothing was saved.")
             return run.read_json("metrics.json", default={})
@@ -56,18 +56,25 @@ def _stoppable(job):
 
 
 @_stoppable
-def head_job(run: Run, progress, data_root: Path | None = None) -> dict:
-    """Build the model from the run's config and train its head (backbone frozen)."""
+def head_job(run: Run, progress, data_root: Path | None = None, keep: dict | None = None) -> dict:
+    """Build the model from the run's config and train its head (backbone frozen).
+
+    With `keep` (a dict), the frozen layers' activations at the run's fine-tuning
+    cut are kept in keep["activations"] for `fine_tune_job` to reuse.
+    """
     config, data = _data(run, progress, data_root)
     run.write_json(CLASSES_FILE, data.class_names)
     keras.utils.set_random_seed(config.seed)
     with training.select_strategy().scope():
         model = build_model(config.model, data.num_classes, config.data.image_size,
                             build_augmentation(config.augment, seed=config.seed))
+        keep_cut = _fine_tune_cut(model, config) if keep is not None else None
         result = training.train_phase(
             model, data, config.head, "head", batch_size=config.data.batch_size,
-            seed=config.seed, progress=progress, on_epoch=run.append_history,
+            seed=config.seed, progress=progress, on_epoch=run.append_history, keep_cut=keep_cut,
         )
+    if keep is not None:
+        keep["activations"] = result.activations
     if config.head.epochs == 0:  # explicit override: fine-tune on an untrained head
         run.log("head: 0 epochs asked for; the untrained head is saved as it is.")
         for kind in ("head", "final"):
@@ -76,8 +83,10 @@ def head_job(run: Run, progress, data_root: Path | None = None) -> dict:
 
 
 @_stoppable
-def fine_tune_job(run: Run, progress, data_root: Path | None = None) -> dict:
-    """Load the run's head-trained model and fine-tune it per `config.fine_tune`."""
+def fine_tune_job(run: Run, progress, data_root: Path | None = None,
+                  reuse: training.Activations | None = None) -> dict:
+    """Load the run's head-trained model and fine-tune it per `config.fine_tune`
+    (reusing cached activations of the same frozen layers when given)."""
     config, data = _data(run, progress, data_root)
     if config.fine_tune is None:
         raise UserError(f"Run {run.id} has no fine-tuning settings.", "Choose them on the Fine-tune page.")
@@ -90,17 +99,29 @@ def fine_tune_job(run: Run, progress, data_root: Path | None = None) -> dict:
         model = export.load_model_safe(run.model_path("final"))
         result = training.train_phase(
             model, data, config.fine_tune, "fine_tune", batch_size=config.data.batch_size,
-            seed=config.seed + 1, epoch_offset=offset, progress=progress, on_epoch=run.append_history,
+            seed=config.seed + 1, epoch_offset=offset, progress=progress, on_epoch=run.append_history, reuse=reuse,
         )
     return _finish_phase(run, model, data, result, config.fine_tune)
 
 
 def full_job(run: Run, progress, data_root: Path | None = None) -> dict:
     """Head training, then fine-tuning when the config asks for it (the CLI's job)."""
-    metrics = head_job(run, progress, data_root)
+    kept: dict = {}
+    metrics = head_job(run, progress, data_root, keep=kept)
     if run.config.fine_tune is not None and not progress.stop_requested:
-        metrics = fine_tune_job(run, progress, data_root)
+        metrics = fine_tune_job(run, progress, data_root, reuse=kept.get("activations"))
     return metrics
+
+
+def _fine_tune_cut(model: keras.Model, config: RunConfig) -> int | None:
+    """The backbone layer fine-tuning will start from, when its fast path can reuse
+    activations computed during head training (a cut strictly inside the backbone)."""
+    tune = config.fine_tune
+    if tune is None or not tune.fast_path or not config.head.fast_path:
+        return None
+    backbone = get_backbone(model)
+    cut = first_trainable_index(backbone, tune.fine_tune_at)
+    return cut if 0 < cut < len(backbone.layers) else None
 
 
 def comparison_configs(base: RunConfig, epochs: int) -> dict[str, RunConfig]:

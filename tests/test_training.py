@@ -46,7 +46,7 @@ def test_head_on_features_equals_the_full_model(data):
     assert result.path == "features" and len(result.history) == 2
     part = training.frozen_part(model, set_trainable(model, None))
     images = data.splits["validation"][0]
-    features = training.extract(part, model, images, augment=False)
+    features = training.extract(part, images, augment=False)
     np.testing.assert_allclose(predict(part.trainable, features[0]), predict(model, images), atol=2e-3)
 
 
@@ -57,16 +57,32 @@ def test_fine_tune_part_equals_the_full_model_across_residual_cut(data):
     assert len(bottom.outputs) == 2  # a residual connection jumps over layer 100 of MobileNetV2
     part = training.frozen_part(model, start)
     images = data.splits["validation"][0][:16]
-    cached = training.extract(part, model, images, augment=False)
+    cached = training.extract(part, images, augment=False)
     np.testing.assert_allclose(predict(part.trainable, tuple(cached)), predict(model, images), atol=2e-2)
+
+
+def test_head_training_keeps_the_activations_fine_tuning_reuses(data):
+    model = new_model(data)
+    result = training.train_phase(model, data, TrainConfig(epochs=1, views=2), "head", batch_size=16, keep_cut=100)
+    kept = result.activations
+    assert kept.cut == 100 and len(kept.train) == 2
+    fresh = training.extract(training.frozen_part(model, set_trainable(model, "100")),
+                             data.splits["validation"][0], augment=False)
+    for a, b in zip(kept.validation, fresh):
+        np.testing.assert_allclose(a.astype("float32"), b.astype("float32"), atol=1e-2)
+    stages = Stages()
+    tuned = training.train_phase(model, data, TrainConfig(epochs=1, fine_tune_at="100"), "fine_tune",
+                                 batch_size=16, reuse=kept, progress=stages)
+    assert tuned.path == "features" and len(tuned.history) == 1
+    assert "training" in stages.seen and not any("extracting" in stage for stage in stages.seen)
 
 
 def test_views_are_random_augmentations_and_validation_is_clean(data):
     model = new_model(data)
     part = training.frozen_part(model, set_trainable(model, None))
     images = data.splits["train"][0][:8]
-    first, second = (training.extract(part, model, images, augment=True)[0] for _ in range(2))
-    clean = [training.extract(part, model, images, augment=False)[0] for _ in range(2)]
+    first, second = (training.extract(part, images, augment=True)[0] for _ in range(2))
+    clean = [training.extract(part, images, augment=False)[0] for _ in range(2)]
     assert not np.allclose(first, second)
     np.testing.assert_array_equal(clean[0], clean[1])
 
@@ -110,6 +126,19 @@ def test_head_learns_the_shapes(data):
     result = training.train_phase(model, data, TrainConfig(epochs=6, views=2), "head", batch_size=16)
     assert result.initial["accuracy"] < 0.6  # the tutorial's starting point: an untrained head
     assert result.best_val_accuracy > 0.8
+
+
+class Stages(Progress):
+    """Remembers every stage reported."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def update(self, **fields):
+        super().update(**fields)
+        if "stage" in fields:
+            self.seen.add(fields["stage"])
 
 
 class StopAt(Progress):
