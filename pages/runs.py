@@ -37,24 +37,38 @@ def live_progress(run_id: str) -> str:
 
 
 def runs_table(rows: list[dict]) -> None:
-    frame = pd.DataFrame(rows)
-    frame.insert(frame.columns.get_loc("status") + 1, "progress", [live_progress(row["run"]) for row in rows])
-    st.dataframe(frame, hide_index=True, column_config={
-        "best val accuracy": PERCENT,
-        "test accuracy": PERCENT,
-        "head LR": st.column_config.NumberColumn(format="%.0e"),
-        "fine-tune LR": st.column_config.NumberColumn(format="%.0e"),
-        "seconds": st.column_config.NumberColumn("training time (s)", format="%.1f"),
-        "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
-    })
+    """The table of runs, re-read and redrawn every few seconds while this server trains one."""
+    active = any(live_progress(row["run"]) for row in rows)
+
+    @st.fragment(run_every=POLL_SECONDS if active else None)
+    def table():
+        current = compare.runs_table(runs.list_runs(runs_dir())) if active else rows
+        frame = pd.DataFrame(current)
+        progress = [live_progress(row["run"]) for row in current]
+        if any(progress):
+            frame.insert(frame.columns.get_loc("status") + 1, "progress", progress)
+        st.dataframe(frame, hide_index=True, column_config={
+            "best val accuracy": PERCENT,
+            "test accuracy": PERCENT,
+            "head LR": st.column_config.NumberColumn(format="%.0e"),
+            "fine-tune LR": st.column_config.NumberColumn(format="%.0e"),
+            "seconds": st.column_config.NumberColumn("training time (s)", format="%.1f"),
+            "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
+        })
+        if active and not any(progress):
+            st.rerun()  # the last job ended: redraw the page once, and stop polling
+
+    table()
 
 
 def curves_chart(histories: dict[str, list[dict]]):
     """Validation accuracy and loss against epoch, one colour per run."""
     frame = pd.DataFrame(compare.validation_curves(histories))
     figure = px.line(frame, x="epoch", y="value", color="run", facet_col="metric", markers=True,
-                     category_orders={"metric": list(compare.CURVE_METRICS)}, labels={"value": ""})
+                     category_orders={"metric": list(compare.CURVE_METRICS)}, labels={"value": ""},
+                     color_discrete_sequence=px.colors.qualitative.D3)
     figure.update_yaxes(matches=None, showticklabels=True)
+    figure.update_xaxes(dtick=1)
     figure.for_each_annotation(lambda a: a.update(text="Validation " + a.text.split("=")[-1]))
     figure.update_layout(height=380, margin=dict(t=40, b=10), legend=dict(orientation="h", y=-0.2))
     return figure

@@ -1,0 +1,161 @@
+"""AppTest of the Evaluate page on a tiny finished run (3 colour classes at 96 px,
+head + 1 fine-tune epoch): the test scores core computes for both models, the
+confusion heatmap, the prediction gallery, and uploads good and bad.
+"""
+import base64
+import io
+import json
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from core import evaluation, runs, workflow
+from core.config import DataConfig, RunConfig, TrainConfig
+from core.images import load_image
+from core.jobs import JobManager
+
+APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
+COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 220)}
+CONFIG = RunConfig(
+    data=DataConfig(source="folder", name="colours", image_size=96, batch_size=16, test_fraction=0.25),
+    head=TrainConfig(epochs=2), fine_tune=TrainConfig(learning_rate=1e-4, epochs=1, fine_tune_at="140"),
+    name="colours",
+)
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def plotted(values) -> np.ndarray:
+    """An array from a Plotly JSON field (plain list, or Plotly's base64 typed array)."""
+    if isinstance(values, dict):
+        array = np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"])
+        return array.reshape([int(n) for n in values["shape"].split(",")]) if "shape" in values else array
+    return np.asarray(values)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for name, colour in COLOURS.items():
+        (root / "colours" / name).mkdir(parents=True)
+        for n in range(12):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 25, (64, 64, 3)), 0, 255).astype("uint8")
+            Image.fromarray(pixels).save(root / "colours" / name / f"{n:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(data_root, tmp_path_factory) -> runs.Run:
+    """A finished run, trained through the job runner as the dashboard trains."""
+    run = runs.Run.create(tmp_path_factory.mktemp("runs"), CONFIG)
+    manager = JobManager()
+    manager.submit(run, partial(workflow.full_job, data_root=data_root))
+    assert manager.wait(timeout=300)
+    assert run.status()["status"] == runs.FINISHED, run.read_log()
+    return run
+
+
+@pytest.fixture(scope="module")
+def expected(run, data_root) -> dict:
+    """core.evaluation's report of each model on the run's test split."""
+    images, labels = workflow.load_data(CONFIG.data, data_root).splits["test"]
+    reports = {}
+    for kind in ("head", "final"):
+        model, classes = workflow.load_run_model(run, kind)
+        reports[kind] = evaluation.evaluate(model, images, labels, classes)
+    return reports
+
+
+@pytest.fixture
+def page(run, data_root, monkeypatch) -> AppTest:
+    monkeypatch.setenv("TL_RUNS_DIR", str(run.path.parent))
+    monkeypatch.setenv("TL_DATA_ROOT", str(data_root))
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.session_state["data_config"] = CONFIG.data
+    at.run()
+    at.switch_page("pages/evaluate.py")
+    at.run()
+    assert not at.exception
+    return at
+
+
+def metrics(at: AppTest) -> dict:
+    return {metric.label: metric.value for metric in at.metric}
+
+
+def charts(at: AppTest) -> list[dict]:
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def test_head_and_fine_tuned_test_scores_are_the_ones_core_computes(page, expected):
+    shown = metrics(page)
+    for kind, name in (("head", "Head only"), ("final", "Fine-tuned")):
+        assert shown[f"{name}: test accuracy"] == f"{expected[kind]['accuracy']:.1%}"
+        assert shown[f"{name}: test loss"] == f"{expected[kind]['loss']:.4f}"
+    delta = next(metric for metric in page.metric if metric.label == "Fine-tuned: test accuracy").delta
+    assert delta == f"{100 * (expected['final']['accuracy'] - expected['head']['accuracy']):+.1f} points"
+
+
+def test_per_class_scores_and_confusion_heatmap_of_the_inspected_model(page, expected):
+    assert page.radio(key="evaluate_model").value == "final"
+    report = expected["final"]
+    table = page.dataframe[0].value
+    assert table["class"].tolist() == sorted(COLOURS)
+    assert table["support"].tolist() == [row["support"] for row in report["per_class"]]
+    assert table["f1"].tolist() == pytest.approx([row["f1"] for row in report["per_class"]])
+
+    heatmap = next(chart for chart in charts(page) if chart["data"][0]["type"] == "heatmap")
+    assert plotted(heatmap["data"][0]["z"]).tolist() == report["confusion_matrix"]
+    assert heatmap["data"][0]["x"] == heatmap["data"][0]["y"] == sorted(COLOURS)
+    assert heatmap["layout"]["xaxis"]["title"]["text"] == "Predicted class"
+    assert heatmap["layout"]["yaxis"]["title"]["text"] == "True class"
+
+    page.radio(key="evaluate_model").set_value("head").run()
+    heatmap = next(chart for chart in charts(page) if chart["data"][0]["type"] == "heatmap")
+    assert plotted(heatmap["data"][0]["z"]).tolist() == expected["head"]["confusion_matrix"]
+
+
+def test_gallery_marks_each_test_image_right_or_wrong(page, expected):
+    report = expected["final"]
+    captions = [caption for image in page.get("image") for caption in image.captions]
+    gallery = [caption for caption in captions if "loss" not in caption]
+    mistakes = [caption for caption in captions if "loss" in caption]
+    tests = len(report["predictions"])
+    assert len(gallery) == tests  # fewer than a gallery's worth of test images: all are shown
+    assert sum(caption.startswith("✅") for caption in gallery) == round(report["accuracy"] * tests)
+    assert all(caption.startswith("❌") and "true: " in caption for caption in mistakes)
+    assert len(mistakes) == min(6, tests - round(report["accuracy"] * tests))
+
+
+def test_uploads_get_probabilities_or_a_clear_message(page, run):
+    red = np.full((70, 70, 3), COLOURS["red"], dtype="uint8")
+    huge = io.BytesIO()
+    Image.new("1", (8000, 8000)).save(huge, format="PNG")  # 64 M pixels, small file
+    page.file_uploader(key="evaluate_uploads").set_value([
+        ("red.png", png(red), "image/png"),
+        ("notes.txt", b"just text", "text/plain"),
+        ("cut.png", png(red)[:120], "image/png"),
+        ("huge.png", huge.getvalue(), "image/png"),
+    ]).run()
+    assert not page.exception
+    errors = [error.value for error in page.error]
+    assert "notes.txt: not an image." in errors
+    assert "cut.png: truncated or corrupt image data." in errors
+    assert any(error.startswith("huge.png: image too large: 8000×8000 pixels") for error in errors)
+
+    bars = [chart for chart in charts(page) if chart["data"][0]["type"] == "bar"]
+    assert len(bars) == 1
+    model, classes = workflow.load_run_model(run, "final")
+    probs = evaluation.predict_probabilities(model, load_image(png(red), 96)[None].astype("float32"))[0]
+    assert bars[0]["data"][0]["x"] == classes
+    assert plotted(bars[0]["data"][0]["y"]) == pytest.approx(probs, abs=1e-5)
+    assert bars[0]["layout"]["title"]["text"].startswith(f"red.png: {classes[probs.argmax()]}")

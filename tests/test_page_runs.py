@@ -1,0 +1,205 @@
+"""AppTest of the Runs page: the runs table, overlaid curves, load into session,
+export, delete with confirmation, and the from-scratch / transfer / fine-tune comparison.
+
+One tiny run (3 colour classes at 96 px, head + 1 fine-tune epoch) is trained
+once for the module; other runs are made on disk with the status each test needs.
+"""
+import dataclasses
+import json
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from core import config as config_io, evaluation, export, runs, workflow
+from core.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
+from core.jobs import JobManager
+
+APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
+COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 220)}
+CONFIG = RunConfig(
+    data=DataConfig(source="folder", name="colours", image_size=96, batch_size=16, test_fraction=0.25),
+    augment=AugmentConfig(flip="none", rotation=0.0),
+    head=TrainConfig(epochs=2), fine_tune=TrainConfig(learning_rate=1e-4, epochs=1, fine_tune_at="140"),
+    name="colours",
+)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for name, colour in COLOURS.items():
+        (root / "colours" / name).mkdir(parents=True)
+        for n in range(12):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 25, (64, 64, 3)), 0, 255).astype("uint8")
+            Image.fromarray(pixels).save(root / "colours" / name / f"{n:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(data_root, tmp_path_factory) -> runs.Run:
+    """A finished run, trained through the job runner as the dashboard trains."""
+    run = runs.Run.create(tmp_path_factory.mktemp("runs"), CONFIG)
+    manager = JobManager()
+    manager.submit(run, partial(workflow.full_job, data_root=data_root))
+    assert manager.wait(timeout=300)
+    assert run.status()["status"] == runs.FINISHED, run.read_log()
+    return run
+
+
+def side_run(runs_dir: Path, status: str, name: str) -> runs.Run:
+    """An untrained run whose status.json says `status`, owned by this process."""
+    run = runs.Run.create(runs_dir, RunConfig(name=name))
+    run.set_status(status)
+    return run
+
+
+@pytest.fixture
+def page(run, data_root, monkeypatch):
+    """Open the Runs page (call again after changing the runs on disk)."""
+    monkeypatch.setenv("TL_RUNS_DIR", str(run.path.parent))
+    monkeypatch.setenv("TL_DATA_ROOT", str(data_root))
+
+    def open_page(**session) -> AppTest:
+        at = AppTest.from_file(str(APP), default_timeout=120)
+        at.session_state["data_config"] = CONFIG.data
+        for key, value in session.items():
+            at.session_state[key] = value
+        at.run()
+        at.switch_page("pages/runs.py")
+        at.run()
+        assert not at.exception
+        return at
+
+    return open_page
+
+
+def table_row(at: AppTest, run_id: str) -> dict:
+    table = at.dataframe[0].value
+    return table[table["run"] == run_id].iloc[0].to_dict()
+
+
+def test_table_lists_runs_with_status_scores_and_settings(page, run):
+    interrupted = runs.Run.create(run.path.parent, RunConfig(name="crashed"))
+    interrupted.write_json(runs.STATUS_FILE, {"status": runs.RUNNING, "pid": 2 ** 22 + 1, "process_token": "gone"})
+    try:
+        at = page()
+        row = table_row(at, run.id)
+        history, metrics = run.history(), run.read_json("metrics.json")
+        assert row["status"] == runs.FINISHED and row["name"] == "colours"
+        assert row["best val accuracy"] == max(record["val_accuracy"] for record in history)
+        assert row["test accuracy"] == metrics["fine_tune"]["test_accuracy"]
+        assert (row["head epochs"], row["fine-tune epochs"], row["fine-tune LR"]) == (2, 1, 1e-4)
+        assert (row["dataset"], row["image size"], row["unfreeze"]) == ("colours", 96, "140")
+        assert row["training path"] == "features / features"
+        assert row["seconds"] == pytest.approx(metrics["head"]["seconds"] + metrics["fine_tune"]["seconds"])
+        assert table_row(at, interrupted.id)["status"] == runs.INTERRUPTED
+
+        curves = json.loads(at.get("plotly_chart")[0].proto.spec)
+        assert {trace["name"] for trace in curves["data"]} == {f"colours · {run.id}"}
+        assert at.multiselect(key="runs_curves").value == [run.id]
+    finally:
+        runs.delete_run(interrupted)
+
+
+def test_load_into_session_sets_the_runs_configs(page, run):
+    at = page()
+    at.selectbox(key="runs_selected").set_value(run.id)
+    at.button(key="runs_load").click().run()
+    assert not at.exception
+    state = at.session_state
+    assert (state["run_id"], state["head_run_id"]) == (run.id, run.id)
+    assert state["data_config"] == CONFIG.data and state["augment_config"] == CONFIG.augment
+    assert state["model_config"] == CONFIG.model and state["head_config"] == CONFIG.head
+    assert state["fine_tune_config"] == CONFIG.fine_tune and state["fine_tune_at"] == "140"
+    assert run.id in at.success[0].value
+
+
+def test_export_writes_every_format_that_loads_and_predicts_alike(page, run, data_root):
+    at = page(run_id=run.id)
+    assert not at.get("download_button") or all(b.label == "config.json" for b in at.get("download_button"))
+    at.button(key="runs_export").click().run()
+    assert not at.exception
+    folder = run.path / "export" / "final"
+    table = at.dataframe[1].value.set_index("file")
+    assert set(table.index) == {"model.keras", "saved_model.zip", "model_float.tflite", "model_dynamic_range.tflite"}
+    for name, size in table["bytes"].items():
+        assert (folder / name).stat().st_size == size > 0
+    labels = {button.label for button in at.get("download_button")}
+    assert set(table.index) | {"config.json"} <= labels
+
+    images = workflow.load_data(CONFIG.data, data_root).splits["test"][0][:4].astype("float32")
+    keras_logits = export.load_model_safe(run.model_path("final")).predict(images, verbose=0)
+    exported_logits = export.load_model_safe(folder / "model.keras").predict(images, verbose=0)
+    tflite_logits = export.tflite_predict(folder / "model_float.tflite", images)
+    quantised = evaluation.probabilities(export.tflite_predict(folder / "model_dynamic_range.tflite", images))
+    assert exported_logits == pytest.approx(keras_logits, abs=1e-5)
+    assert tflite_logits == pytest.approx(keras_logits, abs=1e-3)
+    assert quantised == pytest.approx(evaluation.probabilities(keras_logits), abs=0.1)
+
+
+def test_delete_needs_confirmation_and_refuses_an_active_run(page, run):
+    finished = side_run(run.path.parent, runs.FINISHED, "old")
+    queued = side_run(run.path.parent, runs.QUEUED, "waiting")
+    try:
+        at = page()
+        at.selectbox(key="runs_selected").set_value(queued.id).run()
+        assert at.button(key=f"runs_delete:{queued.id}").disabled  # not confirmed yet
+        at.checkbox(key=f"runs_delete_confirm:{queued.id}").check().run()
+        at.button(key=f"runs_delete:{queued.id}").click().run()
+        assert f"Run {queued.id} is queued and cannot be deleted." in [error.value for error in at.error]
+        assert queued.path.is_dir()
+
+        at.selectbox(key="runs_selected").set_value(finished.id).run()
+        at.checkbox(key=f"runs_delete_confirm:{finished.id}").check().run()
+        at.button(key=f"runs_delete:{finished.id}").click().run()
+        assert not at.exception
+        assert not finished.path.exists()
+        assert at.success[0].value == f"Deleted run {finished.id}."
+        assert finished.id not in at.dataframe[0].value["run"].tolist()
+    finally:
+        queued.set_status(runs.STOPPED)
+        runs.delete_run(queued)
+
+
+def test_comparison_configs_are_scratch_frozen_and_fine_tuned():
+    base = RunConfig(model=ModelConfig(weights="imagenet"), head=TrainConfig(learning_rate=1e-3, epochs=9))
+    scratch, frozen, tuned = workflow.comparison_configs(base, 4).values()
+    assert (scratch.model.weights, scratch.head.fine_tune_at, scratch.fine_tune) == ("none", "all", None)
+    assert (frozen.model.weights, frozen.head.fine_tune_at, frozen.fine_tune) == ("imagenet", None, None)
+    assert tuned.head == frozen.head and tuned.model.weights == "imagenet"
+    assert (tuned.fine_tune.fine_tune_at, tuned.fine_tune.learning_rate) == ("all", pytest.approx(1e-4))
+    assert {config.head.epochs for config in (scratch, frozen, tuned)} == {tuned.fine_tune.epochs} == {4}
+
+
+def test_comparison_queues_three_runs_and_shows_their_results(page, run):
+    from pages._common import job_manager  # the server's worker, shared with the app in this process
+
+    before = {r.id for r in runs.list_runs(run.path.parent)}
+    session = dict(data_config=dataclasses.replace(CONFIG.data, image_size=128), augment_config=CONFIG.augment,
+                   model_config=ModelConfig(backbone="MobileNet"), head_config=TrainConfig(views=1))
+    at = page(**session)  # MobileNet (alpha 0.25) keeps the three trainings short
+    at.number_input(key="runs_compare_epochs").set_value(1)
+    at.button(key="runs_compare_start").click().run()
+    assert not at.exception
+    started = at.session_state["comparison_runs"]
+    assert {r.id for r in runs.list_runs(run.path.parent)} - before == set(started.values())
+    base = RunConfig(data=session["data_config"], augment=CONFIG.augment, model=session["model_config"],
+                     head=session["head_config"], seed=CONFIG.data.seed)
+    expected = workflow.comparison_configs(base, 1)
+    for label, run_id in started.items():
+        assert config_io.loads((run.path.parent / run_id / runs.CONFIG_FILE).read_text()) == expected[label]
+
+    assert job_manager().wait(timeout=240)
+    at.run()
+    assert not at.exception
+    results = at.dataframe[-1].value
+    assert results["run"].tolist() == list(expected)
+    assert results["epochs"].tolist() == [1, 1, 2]
+    assert results["test accuracy"].notna().all()
+    curves = json.loads(at.get("plotly_chart")[-1].proto.spec)
+    assert {trace["name"] for trace in curves["data"]} == set(expected)
