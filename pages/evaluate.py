@@ -72,8 +72,15 @@ def default_run(candidates: list[runs.Run]) -> runs.Run:
     by_id = {run.id: run for run in candidates}
     if st.session_state.get("run_id") in by_id:
         return by_id[st.session_state["run_id"]]
-    finished = [run for run in candidates if run.status()["status"] == runs.FINISHED]
+    finished = [run for run in candidates if status_of(run) == runs.FINISHED]
     return (finished or candidates)[0]
+
+
+def status_of(run: runs.Run) -> str:
+    try:
+        return run.status()["status"]
+    except UserError:
+        return "unreadable"
 
 
 def headline(reports: dict[str, dict]) -> None:

@@ -138,6 +138,10 @@ def export_panel(run: runs.Run) -> None:
 
 
 def delete_panel(run: runs.Run) -> None:
+    if live_progress(run.id):
+        st.caption("This run is queued or training: stop it before deleting it.")
+        st.button("Stop this run", key=f"runs_stop:{run.id}", on_click=job_manager().stop, args=(run.id,),
+                  icon=":material/stop_circle:")
     confirmed = st.checkbox(f"Yes, delete run {run.id} with its models and history", key=f"runs_delete_confirm:{run.id}")
     if not st.button("Delete run", key=f"runs_delete:{run.id}", disabled=not confirmed, icon=":material/delete:"):
         return

@@ -6,6 +6,7 @@ once for the module; other runs are made on disk with the status each test needs
 """
 import dataclasses
 import json
+import time
 from functools import partial
 from pathlib import Path
 
@@ -142,28 +143,40 @@ def test_export_writes_every_format_that_loads_and_predicts_alike(page, run, dat
     assert quantised == pytest.approx(evaluation.probabilities(keras_logits), abs=0.1)
 
 
-def test_delete_needs_confirmation_and_refuses_an_active_run(page, run):
-    finished = side_run(run.path.parent, runs.FINISHED, "old")
-    queued = side_run(run.path.parent, runs.QUEUED, "waiting")
-    try:
-        at = page()
-        at.selectbox(key="runs_selected").set_value(queued.id).run()
-        assert at.button(key=f"runs_delete:{queued.id}").disabled  # not confirmed yet
-        at.checkbox(key=f"runs_delete_confirm:{queued.id}").check().run()
-        at.button(key=f"runs_delete:{queued.id}").click().run()
-        assert f"Run {queued.id} is queued and cannot be deleted." in [error.value for error in at.error]
-        assert queued.path.is_dir()
+def wait_for_stop(run: runs.Run, progress) -> None:
+    """A job that stays running until it is asked to stop."""
+    while not progress.stop_requested:
+        time.sleep(0.05)
 
-        at.selectbox(key="runs_selected").set_value(finished.id).run()
-        at.checkbox(key=f"runs_delete_confirm:{finished.id}").check().run()
-        at.button(key=f"runs_delete:{finished.id}").click().run()
-        assert not at.exception
-        assert not finished.path.exists()
-        assert at.success[0].value == f"Deleted run {finished.id}."
-        assert finished.id not in at.dataframe[0].value["run"].tolist()
-    finally:
-        queued.set_status(runs.STOPPED)
-        runs.delete_run(queued)
+
+def test_delete_needs_confirmation_and_refuses_an_active_run(page, run):
+    from pages._common import job_manager  # the server's worker, shared with the app in this process
+
+    finished = side_run(run.path.parent, runs.FINISHED, "old")
+    active = side_run(run.path.parent, runs.QUEUED, "busy")
+    job = job_manager().submit(active, wait_for_stop)
+    while job.state != "running":
+        time.sleep(0.05)
+    at = page()
+    at.selectbox(key="runs_selected").set_value(active.id).run()
+    assert at.button(key=f"runs_delete:{active.id}").disabled  # not confirmed yet
+    at.checkbox(key=f"runs_delete_confirm:{active.id}").check().run()
+    at.button(key=f"runs_delete:{active.id}").click().run()
+    assert f"Run {active.id} is running and cannot be deleted." in [error.value for error in at.error]
+    assert active.path.is_dir()
+
+    at.button(key=f"runs_stop:{active.id}").click().run()
+    assert job_manager().wait(timeout=30) and active.status()["status"] == runs.STOPPED
+    at.button(key=f"runs_delete:{active.id}").click().run()
+    assert not active.path.exists()
+
+    at.selectbox(key="runs_selected").set_value(finished.id).run()
+    at.checkbox(key=f"runs_delete_confirm:{finished.id}").check().run()
+    at.button(key=f"runs_delete:{finished.id}").click().run()
+    assert not at.exception
+    assert not finished.path.exists()
+    assert at.success[0].value == f"Deleted run {finished.id}."
+    assert finished.id not in at.dataframe[0].value["run"].tolist()
 
 
 def test_comparison_configs_are_scratch_frozen_and_fine_tuned():
