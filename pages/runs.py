@@ -68,7 +68,8 @@ def curves_chart(histories: dict[str, list[dict]]):
                      category_orders={"metric": list(compare.CURVE_METRICS)}, labels={"value": ""},
                      color_discrete_sequence=px.colors.qualitative.D3)
     figure.update_yaxes(matches=None, showticklabels=True)
-    figure.update_xaxes(dtick=1)
+    if frame["epoch"].max() <= 20:
+        figure.update_xaxes(dtick=1)  # whole epochs only
     figure.for_each_annotation(lambda a: a.update(text="Validation " + a.text.split("=")[-1]))
     figure.update_layout(height=380, margin=dict(t=40, b=10), legend=dict(orientation="h", y=-0.2))
     return figure
