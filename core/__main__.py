@@ -56,7 +56,7 @@ def train(args: argparse.Namespace) -> dict:
     import dataclasses
     from pathlib import Path
 
-    from core import augmentation, config as config_io, runs
+    from core import augmentation, config as config_io, datasets, runs
     from core.config import DEFAULT_FINE_TUNE, DataConfig, RunConfig
     from core.jobs import JobManager
     from core.workflow import full_job
@@ -70,18 +70,23 @@ def train(args: argparse.Namespace) -> dict:
     data = _replace(data, image_size=args.image_size, seed=args.seed, batch_size=args.batch_size)
     model = _replace(run_config.model, backbone=args.backbone, weights=args.weights)
     head = _replace(run_config.head, epochs=args.head_epochs, fast_path=False if args.no_fast_path else None)
-    fine_tune = run_config.fine_tune or DEFAULT_FINE_TUNE
-    fine_tune = _replace(fine_tune, epochs=args.fine_tune_epochs, fine_tune_at=args.fine_tune_at,
-                         fast_path=False if args.no_fast_path else None)
+    fine_tune = run_config.fine_tune
+    if args.fine_tune_epochs is not None or args.fine_tune_at is not None:
+        fine_tune = _replace(fine_tune or DEFAULT_FINE_TUNE, epochs=args.fine_tune_epochs, fine_tune_at=args.fine_tune_at)
+    if fine_tune is not None and args.no_fast_path:
+        fine_tune = dataclasses.replace(fine_tune, fast_path=False)
     run_config = dataclasses.replace(
         run_config, data=data, model=model, head=head,
-        fine_tune=fine_tune if fine_tune.epochs > 0 else None,
+        fine_tune=fine_tune if fine_tune is not None and fine_tune.epochs > 0 else None,
         augment=augmentation.parse_spec(args.augment) if args.augment else run_config.augment,
         seed=args.seed if args.seed is not None else run_config.seed,
     )
     run = runs.Run.create(args.runs_dir or runs.default_runs_dir(), run_config)
     manager = JobManager()
-    job = manager.submit(run, lambda run, progress: full_job(run, progress, data_root=Path("/")))
+    # Paths given here are absolute; a folder name in a dashboard's config.json is
+    # relative to the data root, as it was on the server.
+    root = Path("/") if Path(data.name).is_absolute() else datasets.data_root()
+    job = manager.submit(run, lambda run, progress: full_job(run, progress, data_root=root))
     _follow(manager, job)
     status = run.status()
     if status["status"] == runs.FAILED:

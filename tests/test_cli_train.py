@@ -1,0 +1,41 @@
+"""`python -m core train --config` runs a configuration exported from the dashboard unchanged."""
+import json
+import os
+import subprocess
+import sys
+
+from PIL import Image
+
+from core import config as config_io, runs
+from core.config import DataConfig, RunConfig, TrainConfig
+
+
+def test_a_dashboard_config_runs_unchanged(tmp_path):
+    root = tmp_path / "data-root"
+    for name, colour in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
+        (root / "colours" / name).mkdir(parents=True)
+        for i in range(12):
+            Image.new("RGB", (40, 40), tuple(max(0, c - 5 * i) for c in colour)).save(root / "colours" / name / f"{i}.png")
+    exported = RunConfig(data=DataConfig(source="folder", name="colours", image_size=96, val_fraction=0.25,
+                                         test_fraction=0.25),
+                         head=TrainConfig(epochs=2, views=1), fine_tune=None, name="from the dashboard")
+    path = tmp_path / "config.json"
+    path.write_text(config_io.dumps(exported))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "core", "train", "--config", str(path), "--runs-dir", str(tmp_path / "runs")],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "TL_DATA_ROOT": str(root)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["status"] == "finished" and result["seconds_fine_tune"] == 0.0
+    assert runs.Run(result["run_dir"]).config == exported
+    assert result["head_val_accuracy"] == 1.0  # red against blue
+
+
+def test_bad_arguments_are_user_errors(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "core", "train", "--data", str(tmp_path / "missing"),
+                           "--runs-dir", str(tmp_path / "runs"), "--augment", "spin=3"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "error:" in done.stderr and "Traceback" not in done.stderr
