@@ -41,10 +41,14 @@ def tfds_data_dir() -> Path:
 
 
 def describe(name: str) -> str:
-    """A one-line description with the download size, for the Data page."""
+    """One line on a dataset for the Data page: its size and whether it must be downloaded."""
     builder = _builder(name)
-    prepared = "prepared" if builder.data_path.exists() else f"needs a {builder.info.download_size} download"
-    return f"{name}: {builder.info.splits.total_num_examples:,} images, {prepared} (data dir {tfds_data_dir()})"
+    info = builder.info
+    count = f"{info.splits.total_num_examples:,} images, " if info.splits.total_num_examples else ""
+    if builder.data_path.exists():
+        return f"{name}: {count}prepared in {tfds_data_dir()}"
+    size = f" ({info.download_size})" if info.download_size else ""
+    return f"{name}: {count}downloads{size} into {tfds_data_dir()} on first use"
 
 
 def _builder(name: str):

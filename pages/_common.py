@@ -66,7 +66,9 @@ def user_errors():
 
 def _load_data(config: DataConfig) -> datasets.ImageData:
     """Load through core's in-process cache, which the training jobs share."""
-    bar = st.progress(0.0, text="Reading images...")
+    first = (f"Downloading and preparing {config.name} with TensorFlow Datasets (once; it can take minutes)..."
+             if config.source == "tfds" else "Reading images...")
+    bar = st.progress(0.0, text=first)
 
     def progress(done: int, total: int) -> None:
         bar.progress(min(done / max(total, 1), 1.0), text=f"Reading images: {done:,} of {total:,}")

@@ -8,8 +8,8 @@ import streamlit as st
 
 from core import datasets, demo_data
 from core.config import GUIDE_TFDS_SPLITS, DataConfig
-from core.tfds_source import SUGGESTED
-from pages._common import current_data, image_grid, state
+from core.tfds_source import SUGGESTED, describe
+from pages._common import current_data, image_grid, state, user_errors
 
 SOURCES = {
     "demo": "Built-in demo (shapes, no download)",
@@ -41,7 +41,8 @@ with st.form("data_form"):
             col.text_input(f"{split} split", value=value, help="TFDS split syntax, e.g. train[:40%]")
             for col, split, value in zip(cols, datasets.SPLITS, defaults)
         )
-        st.caption("Downloads into the TFDS data dir on first use; offline, only a prepared copy works.")
+        with user_errors():
+            st.caption(f"{describe(name)}. Offline, only a prepared copy works.")
     elif source == "folder":
         st.caption(f"Data root on the server: `{datasets.data_root()}`. Paths outside it are refused.")
         name = st.text_input("Folder (relative to the data root)", value=name,
