@@ -279,7 +279,7 @@ def extract(part: FrozenPart, images: np.ndarray, augment: bool, progress=None, 
         if progress is not None:
             elapsed = time.perf_counter() - started
             progress.update(stage=f"extracting features {label}".strip(), batch=index + 1, batches=total,
-                            images_per_second=(start + EXTRACT_BATCH) / max(elapsed, 1e-9),
+                            images_per_second=min(start + EXTRACT_BATCH, len(images)) / max(elapsed, 1e-9),
                             eta_seconds=elapsed / (index + 1) * (total - index - 1))
     return [np.concatenate(parts) for parts in zip(*outputs)]
 
