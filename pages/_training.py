@@ -1,6 +1,8 @@
 """What the Train head and Fine-tune pages share: the live job panel and the curves."""
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import plotly.express as px
 import streamlit as st
@@ -13,12 +15,30 @@ POLL_SECONDS = 1.0
 
 
 def attached_run_id(key: str = "run_id") -> str | None:
-    """The run this session follows; a new session re-attaches to the live job."""
+    """The run this session follows; a new session re-attaches to the live job, and
+    keeps following it after it ends."""
     run_id = st.session_state.get(key)
     if run_id is None:
         current = job_manager().current()
-        run_id = current.run_id if current is not None else None
+        if current is not None:
+            run_id = st.session_state[key] = current.run_id
     return run_id
+
+
+def preset_of(presets: dict[str, tuple[str, float]], optimizer: str, learning_rate: float) -> str:
+    """The preset giving this optimizer and rate, else "Custom": settings loaded from a
+    run keep their rate instead of being replaced by the first preset."""
+    for name, (preset_optimizer, rate) in presets.items():
+        if preset_optimizer == optimizer and math.isclose(rate, learning_rate):
+            return name
+    return "Custom"
+
+
+def within(value, low, high=None):
+    """`value` moved into [low, high], for a widget's default: settings loaded from a
+    run (one made with the CLI, say) may lie outside the form's range."""
+    value = max(value, low)
+    return value if high is None else min(value, high)
 
 
 def open_run(run_id: str) -> runs.Run | None:

@@ -7,14 +7,18 @@ from core import config as config_io, runs, workflow
 from core.config import DEFAULT_FINE_TUNE, RunConfig, TrainConfig
 from core.model import OPTIMIZERS, count_params, get_backbone, set_trainable
 from pages._common import job_manager, runs_dir, state, user_errors
-from pages._training import job_panel, open_run
+from pages._training import job_panel, open_run, preset_of, within
 
-PRESETS = {
-    "Adam 1e-5 (Keras guide)": ("adam", 1e-5),
-    "RMSprop 1e-5 (TF tutorial)": ("rmsprop", 1e-5),
-    "1/10 of the head's rate": None,
-    "1/100 of the head's rate": None,
-}
+
+def learning_rates(head: TrainConfig) -> dict[str, tuple[str, float]]:
+    """The presets: the references' fixed rates, and 10x or 100x below the head's rate."""
+    return {
+        "Adam 1e-5 (Keras guide)": ("adam", 1e-5),
+        "RMSprop 1e-5 (TF tutorial)": ("rmsprop", 1e-5),
+        "1/10 of the head's rate": (head.optimizer, head.learning_rate / 10),
+        "1/100 of the head's rate": (head.optimizer, head.learning_rate / 100),
+    }
+
 
 st.title("Fine-tune")
 st.caption(
@@ -81,25 +85,27 @@ with user_errors():
     cols[2].metric("Trainable backbone layers", f"{len(backbone_layers) - start} of {len(backbone_layers)}")
 
     with st.form("fine_tune_form"):
-        preset = st.radio("Learning rate preset", [*PRESETS, "Custom"], horizontal=True)
+        presets = learning_rates(head)
+        names = [*presets, "Custom"]
+        preset = st.radio("Learning rate preset", names, horizontal=True,
+                          index=names.index(preset_of(presets, config.optimizer, config.learning_rate)))
         cols = st.columns(4)
         optimizer = cols[0].selectbox("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(config.optimizer))
-        learning_rate = cols[1].number_input("Learning rate (Custom)", 1e-7, 1.0, config.learning_rate, format="%.7f")
-        epochs = cols[2].number_input("Epochs", 1, 200, config.epochs)
+        learning_rate = cols[1].number_input("Learning rate (Custom)", 1e-7, None, within(config.learning_rate, 1e-7),
+                                             format="%.7f")
+        epochs = cols[2].number_input("Epochs", 1, 200, within(config.epochs, 1, 200))
         separate = cols[3].checkbox("Separate head learning rate", config.head_learning_rate is not None)
-        head_lr = st.number_input("Head learning rate (when separate)", 1e-7, 1.0,
-                                  config.head_learning_rate or head.learning_rate, format="%.7f")
+        head_lr = st.number_input("Head learning rate (when separate)", 1e-7, None,
+                                  within(config.head_learning_rate or head.learning_rate, 1e-7), format="%.7f")
         cols = st.columns(3)
-        patience = cols[0].number_input("Early stopping patience (0 = off)", 0, 50, config.early_stopping_patience)
+        patience = cols[0].number_input("Early stopping patience (0 = off)", 0, 50,
+                                        within(config.early_stopping_patience, 0, 50))
         restore_best = cols[1].checkbox("Restore best epoch", config.restore_best)
         fast_path = cols[2].checkbox("Fast path (cache the frozen layers' outputs)", config.fast_path)
         go = st.form_submit_button("Start fine-tuning", type="primary", icon=":material/play_arrow:")
 
-    chosen = PRESETS.get(preset)
-    if preset.startswith("1/"):
-        optimizer, learning_rate = head.optimizer, head.learning_rate / (10 if preset.startswith("1/10 ") else 100)
-    elif chosen:
-        optimizer, learning_rate = chosen
+    if preset != "Custom":
+        optimizer, learning_rate = presets[preset]
     fine_tune = TrainConfig(
         optimizer=optimizer, learning_rate=float(learning_rate), epochs=int(epochs), fine_tune_at=fine_tune_at,
         freeze_batchnorm=freeze_bn, head_learning_rate=float(head_lr) if separate else None,

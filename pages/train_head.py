@@ -7,7 +7,7 @@ from core import runs, workflow
 from core.config import RunConfig, TrainConfig
 from core.model import OPTIMIZERS
 from pages._common import current_data, job_manager, runs_dir, state, user_errors
-from pages._training import attached_run_id, job_panel, open_run
+from pages._training import attached_run_id, job_panel, open_run, preset_of, within
 
 LEARNING_RATES = {"Adam 1e-3 (Keras guide)": ("adam", 1e-3), "Adam 1e-4 (TF tutorial)": ("adam", 1e-4)}
 
@@ -19,12 +19,16 @@ st.caption(
 
 config = state("head_config")
 with st.form("head_form"):
-    preset = st.radio("Learning rate preset", [*LEARNING_RATES, "Custom"], horizontal=True)
+    presets = [*LEARNING_RATES, "Custom"]
+    preset = st.radio("Learning rate preset", presets, horizontal=True,
+                      index=presets.index(preset_of(LEARNING_RATES, config.optimizer, config.learning_rate)))
     cols = st.columns(4)
     optimizer = cols[0].selectbox("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(config.optimizer))
-    learning_rate = cols[1].number_input("Learning rate (Custom)", 1e-6, 1.0, config.learning_rate, format="%.6f")
-    epochs = cols[2].number_input("Epochs", 1, 200, config.epochs)
-    patience = cols[3].number_input("Early stopping patience (0 = off)", 0, 50, config.early_stopping_patience)
+    learning_rate = cols[1].number_input("Learning rate (Custom)", 1e-6, None, within(config.learning_rate, 1e-6),
+                                         format="%.6f", help="Too high a rate diverges: the job then stops and says so.")
+    epochs = cols[2].number_input("Epochs", 1, 200, within(config.epochs, 1, 200))
+    patience = cols[3].number_input("Early stopping patience (0 = off)", 0, 50,
+                                    within(config.early_stopping_patience, 0, 50))
     cols = st.columns(4)
     restore_best = cols[0].checkbox("Restore best epoch", config.restore_best)
     reduce_lr = cols[1].checkbox("ReduceLROnPlateau", config.reduce_lr_on_plateau)
@@ -32,7 +36,7 @@ with st.form("head_form"):
     fast_path = cols[3].checkbox("Fast path (cached features)", config.fast_path,
                                  help="Run the frozen backbone once over several augmented views of each image "
                                       "instead of every epoch. Same model, much faster.")
-    views = st.slider("Augmented views stored per image (fast path)", 1, 8, config.views)
+    views = st.slider("Augmented views stored per image (fast path)", 1, 8, within(config.views, 1, 8))
     start = st.form_submit_button("Start head training", type="primary", icon=":material/play_arrow:")
 
 if preset != "Custom":

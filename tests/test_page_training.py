@@ -1,0 +1,246 @@
+"""AppTests of the Train head and Fine-tune pages, with real jobs on the built-in demo data.
+
+Jobs run on the server's one background worker: `pages._common.job_manager()` is an
+`st.cache_resource` singleton, so the test process holds the very worker the pages use.
+AppTest does not drive `st.fragment(run_every=...)` timers: tests wait on the worker
+and rerun the app to see a job's new state.
+"""
+import base64
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import runs, workflow
+from core.config import AugmentConfig, DataConfig, ModelConfig, TrainConfig
+from core.model import count_params, set_trainable
+from pages._common import job_manager
+
+APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
+JOB_TIMEOUT = 300
+SESSION = {
+    "data_config": DataConfig(image_size=96, batch_size=32),
+    "augment_config": AugmentConfig(flip="horizontal", rotation=0.05),
+    "model_config": ModelConfig(dropout=0.1),
+    "head_config": TrainConfig(optimizer="adam", learning_rate=1e-3, epochs=2, views=1),
+}
+
+
+def open_page(page: str, **session) -> AppTest:
+    """A new browser session: the app's first run with `session` (over SESSION), then `page`."""
+    at = AppTest.from_file(APP, default_timeout=120)
+    for key, value in {**SESSION, **session}.items():
+        at.session_state[key] = value
+    at.run()
+    at.switch_page(page).run()
+    assert not at.exception
+    return at
+
+
+def by_label(elements, label: str):
+    return next(element for element in elements if element.label == label)
+
+
+def start_head_training(at: AppTest) -> runs.Run:
+    """Press Start on the Train head page; the run the session now follows."""
+    by_label(at.button, "Start head training").click().run()
+    assert not at.exception
+    run_id = at.session_state["run_id"]
+    assert job_manager().get(run_id) is not None, "the page submitted to another JobManager"
+    return runs.Run(runs.default_runs_dir() / run_id)
+
+
+def finish_jobs(*sessions: AppTest) -> None:
+    """Wait for the worker to be idle, then rerun each session to draw the end state."""
+    assert job_manager().wait(timeout=JOB_TIMEOUT)
+    for at in sessions:
+        at.run()
+        assert not at.exception
+
+
+def wait_until(condition, timeout: float = 120) -> None:
+    """Poll `condition` (a job's progress, seen from the test) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def panel_status(at: AppTest, run_id: str) -> str:
+    """The status the job panel shows for `run_id`."""
+    line = next(m.value for m in at.markdown if m.value.startswith(f"**Run** `{run_id}`"))
+    return line.rsplit("**", 2)[-2]
+
+
+def metric(at: AppTest, label: str) -> str:
+    return by_label(at.metric, label).value
+
+
+def figure(at: AppTest) -> dict:
+    return json.loads(at.get("plotly_chart")[-1].proto.spec)
+
+
+def plotted(array) -> list:
+    """Values of a plotly figure array (plain JSON, or base64 typed)."""
+    if isinstance(array, dict):
+        return np.frombuffer(base64.b64decode(array["bdata"]), array["dtype"]).tolist()
+    return list(array)
+
+
+def run_folders() -> list[runs.Run]:
+    return runs.list_runs(runs.default_runs_dir())
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("TL_RUNS_DIR", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def trained_head(tmp_path_factory):
+    """The Train head page after one 2-epoch head training finished (session, run)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TL_RUNS_DIR", str(tmp_path_factory.mktemp("runs")))
+        at = open_page("pages/train_head.py")
+        run = start_head_training(at)
+        finish_jobs(at)
+        yield at, run
+
+
+def test_head_training_runs_the_sessions_configs_and_shows_its_metrics(trained_head):
+    at, run = trained_head
+    assert [r.id for r in runs.list_runs(run.path.parent)] == [run.id]
+    config = run.config
+    assert (config.data, config.augment, config.model) == (
+        SESSION["data_config"], SESSION["augment_config"], SESSION["model_config"])
+    assert config.head == SESSION["head_config"]  # the preset Adam 1e-3 equals the session's choice
+    assert run.status()["status"] == runs.FINISHED
+    assert [(r["phase"], r["epoch"]) for r in run.history()] == [("head", 1), ("head", 2)]
+
+    metrics = run.read_json("metrics.json")
+    assert metric(at, "Validation accuracy before training") == f"{metrics['initial']['accuracy']:.3f}"
+    assert metric(at, "Best validation accuracy") == f"{metrics['head']['val_accuracy']:.3f}"
+    assert metric(at, "Test accuracy") == f"{metrics['head']['test_accuracy']:.3f}"
+    assert metric(at, "Training path") == "cached features"
+    assert panel_status(at, run.id) == runs.FINISHED
+    curves = {(trace["name"], trace["xaxis"]): trace for trace in figure(at)["data"]}  # x: accuracy, x2: loss
+    validation_accuracy = curves["validation", "x"]
+    assert plotted(validation_accuracy["x"]) == [1, 2]
+    assert plotted(validation_accuracy["y"]) == pytest.approx([r["val_accuracy"] for r in run.history()])
+    assert plotted(curves["train", "x2"]["y"]) == pytest.approx([r["loss"] for r in run.history()])
+    assert at.session_state["head_run_id"] == run.id
+    assert not at.error
+
+
+def test_a_new_session_reattaches_to_the_running_job_and_stops_it(runs_dir):
+    long_job = TrainConfig(epochs=30, fast_path=False, views=1)
+    first = open_page("pages/train_head.py", head_config=long_job)
+    run = start_head_training(first)
+    wait_until(lambda: len(run.history()) >= 1)  # an epoch is done: stopping keeps it
+
+    other = open_page("pages/train_head.py", head_config=long_job)  # another browser, never pressed Start
+    assert panel_status(other, run.id) == runs.RUNNING
+    assert other.session_state["run_id"] == run.id, "it keeps following the run after the job ends"
+    by_label(other.button, "Stop").click().run()
+    assert not other.exception
+    finish_jobs(other)
+
+    assert panel_status(other, run.id) == runs.STOPPED
+    assert run.status()["status"] == runs.STOPPED
+    assert 1 <= len(run.history()) < long_job.epochs
+    assert run.read_json("metrics.json")["head"]["stopped"] is True
+    assert "Stop" not in [button.label for button in other.button]
+    assert [r.id for r in run_folders()] == [run.id]
+
+
+def test_a_second_session_queues_behind_the_running_job(runs_dir):
+    first = open_page("pages/train_head.py", head_config=TrainConfig(epochs=2, fast_path=False, views=1))
+    first_run = start_head_training(first)
+    wait_until(lambda: job_manager().current() is not None and job_manager().current().run_id == first_run.id)
+
+    second = open_page("pages/train_head.py", head_config=TrainConfig(epochs=1, views=1))
+    second_run = start_head_training(second)
+    assert first_run.status()["status"] == runs.RUNNING, "the first job ended too soon to test the queue"
+    assert panel_status(second, second_run.id) == runs.QUEUED
+    queued = next(info.value for info in second.info if info.value.startswith("Queued"))
+    assert queued.startswith("Queued: number 1 in line")
+    assert f"now running: {first_run.id}" in queued
+
+    finish_jobs(first, second)
+    assert first_run.status()["status"] == second_run.status()["status"] == runs.FINISHED
+    assert [r["epoch"] for r in first_run.history()] == [1, 2]
+    assert [r["epoch"] for r in second_run.history()] == [1]
+    assert {r.id for r in run_folders()} == {first_run.id, second_run.id}
+    for at, run in ((first, first_run), (second, second_run)):
+        shown = metric(at, "Best validation accuracy")
+        assert shown == f"{run.read_json('metrics.json')['head']['val_accuracy']:.3f}"
+
+
+def test_fine_tune_without_a_trained_head_warns(runs_dir):
+    at = open_page("pages/fine_tune.py")
+    assert "Train the head first" in at.warning[0].value
+    assert not at.metric and not at.error
+
+
+def test_fine_tuning_continues_the_head_run(trained_head, runs_dir):
+    head_run = trained_head[1]
+    run = runs.Run(shutil.copytree(head_run.path, runs_dir / head_run.id))  # the other tests keep theirs as it is
+    fine_tune = TrainConfig(epochs=1, learning_rate=1e-4, fine_tune_at="100", views=1)
+    at = open_page("pages/fine_tune.py", head_run_id=run.id, fine_tune_config=fine_tune)
+    assert by_label(at.radio, "Unfreeze").value == "from layer index"
+    assert by_label(at.radio, "Learning rate preset").value == "1/10 of the head's rate"  # the head ran at 1e-3
+    assert by_label(at.slider, "First trainable layer (fine_tune_at)").value == 100
+    model, _ = workflow.load_run_model(run, "head")
+    set_trainable(model, "100")
+    expected = count_params(model)
+    assert metric(at, "Trainable parameters") == f"{expected['trainable_params']:,}"
+    assert metric(at, "Non-trainable parameters") == f"{expected['non_trainable_params']:,}"
+
+    by_label(at.button, "Start fine-tuning").click().run()
+    assert not at.exception
+    assert at.session_state["fine_tune_run_id"] == run.id
+    finish_jobs(at)
+
+    assert run.status()["status"] == runs.FINISHED
+    assert runs.Run(run.path).config.fine_tune == fine_tune  # written to config.json before the job
+    assert [(r["phase"], r["epoch"]) for r in run.history()] == [("head", 1), ("head", 2), ("fine_tune", 3)]
+    layout = figure(at)["layout"]
+    assert [shape["x0"] for shape in layout["shapes"]] == [2.5, 2.5]  # after the last head epoch, in both facets
+    assert "Start fine-tuning" in [annotation["text"] for annotation in layout["annotations"]]
+    tuned = run.read_json("metrics.json")["fine_tune"]
+    assert metric(at, "Validation accuracy after fine-tuning") == f"{tuned['val_accuracy']:.3f}"
+    assert metric(at, "Test accuracy after fine-tuning") == f"{tuned['test_accuracy']:.3f}"
+
+
+def test_a_diverging_learning_rate_fails_the_run_with_an_error_box(runs_dir):
+    at = open_page("pages/train_head.py", head_config=TrainConfig(epochs=2, views=1))
+    by_label(at.radio, "Learning rate preset").set_value("Custom")
+    by_label(at.selectbox, "Optimizer").set_value("sgd")
+    by_label(at.number_input, "Learning rate (Custom)").set_value(1e38)
+    run = start_head_training(at)
+    assert (run.config.head.optimizer, run.config.head.learning_rate) == ("sgd", 1e38)
+    finish_jobs(at)
+
+    assert not at.exception
+    assert run.status()["status"] == runs.FAILED
+    assert panel_status(at, run.id) == runs.FAILED
+    assert "the loss became NaN" in at.error[0].value
+    assert any("Lower the learning rate" in info.value for info in at.info)
+    assert not at.metric, "a failed run has no trained head to report"
+
+
+def test_settings_loaded_from_a_run_keep_their_rate_and_fit_the_form(runs_dir):
+    """A run made with the CLI can hold values the form's widgets do not offer."""
+    loaded = TrainConfig(optimizer="sgd", learning_rate=2.0, epochs=500, views=12)
+    at = open_page("pages/train_head.py", head_config=loaded)
+    assert by_label(at.radio, "Learning rate preset").value == "Custom"
+    head = at.session_state["head_config"]
+    assert (head.optimizer, head.learning_rate, head.epochs, head.views) == ("sgd", 2.0, 200, 8)
+
+    tutorial = open_page("pages/train_head.py", head_config=TrainConfig(learning_rate=1e-4))
+    assert by_label(tutorial.radio, "Learning rate preset").value == "Adam 1e-4 (TF tutorial)"
