@@ -36,3 +36,11 @@ def shared_datasets() -> Path:
 @pytest.fixture(scope="session")
 def keras_home() -> Path:
     return _keras_home
+
+
+@pytest.fixture(scope="session")
+def colour_data_root(tmp_path_factory) -> Path:
+    """A data root holding `colours/<class>/*.png` (see tests/helpers.py)."""
+    from tests.helpers import make_colour_folders
+
+    return make_colour_folders(tmp_path_factory.mktemp("data"))

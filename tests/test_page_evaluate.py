@@ -5,7 +5,6 @@ confusion heatmap, the prediction gallery, and uploads good and bad.
 import base64
 import io
 import json
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +15,9 @@ from streamlit.testing.v1 import AppTest
 from core import evaluation, runs, workflow
 from core.config import DataConfig, RunConfig, TrainConfig
 from core.images import load_image
-from core.jobs import JobManager
+from tests.helpers import COLOURS, train_run
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
-COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 220)}
 CONFIG = RunConfig(
     data=DataConfig(source="folder", name="colours", image_size=96, batch_size=16, test_fraction=0.25),
     head=TrainConfig(epochs=2), fine_tune=TrainConfig(learning_rate=1e-4, epochs=1, fine_tune_at="140"),
@@ -42,26 +40,13 @@ def plotted(values) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for name, colour in COLOURS.items():
-        (root / "colours" / name).mkdir(parents=True)
-        for n in range(12):
-            pixels = np.clip(np.array(colour) + rng.normal(0, 25, (64, 64, 3)), 0, 255).astype("uint8")
-            Image.fromarray(pixels).save(root / "colours" / name / f"{n:02d}.png")
-    return root
+def data_root(colour_data_root) -> Path:
+    return colour_data_root
 
 
 @pytest.fixture(scope="module")
 def run(data_root, tmp_path_factory) -> runs.Run:
-    """A finished run, trained through the job runner as the dashboard trains."""
-    run = runs.Run.create(tmp_path_factory.mktemp("runs"), CONFIG)
-    manager = JobManager()
-    manager.submit(run, partial(workflow.full_job, data_root=data_root))
-    assert manager.wait(timeout=300)
-    assert run.status()["status"] == runs.FINISHED, run.read_log()
-    return run
+    return train_run(CONFIG, tmp_path_factory.mktemp("runs"), data_root)
 
 
 @pytest.fixture(scope="module")

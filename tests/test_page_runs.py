@@ -7,20 +7,17 @@ once for the module; other runs are made on disk with the status each test needs
 import dataclasses
 import json
 import time
-from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core import config as config_io, evaluation, export, runs, workflow
+from core import config as config_io
+from core import evaluation, export, runs, workflow
 from core.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
-from core.jobs import JobManager
+from tests.helpers import train_run
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
-COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 220)}
 CONFIG = RunConfig(
     data=DataConfig(source="folder", name="colours", image_size=96, batch_size=16, test_fraction=0.25),
     augment=AugmentConfig(flip="none", rotation=0.0),
@@ -30,26 +27,13 @@ CONFIG = RunConfig(
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for name, colour in COLOURS.items():
-        (root / "colours" / name).mkdir(parents=True)
-        for n in range(12):
-            pixels = np.clip(np.array(colour) + rng.normal(0, 25, (64, 64, 3)), 0, 255).astype("uint8")
-            Image.fromarray(pixels).save(root / "colours" / name / f"{n:02d}.png")
-    return root
+def data_root(colour_data_root) -> Path:
+    return colour_data_root
 
 
 @pytest.fixture(scope="module")
 def run(data_root, tmp_path_factory) -> runs.Run:
-    """A finished run, trained through the job runner as the dashboard trains."""
-    run = runs.Run.create(tmp_path_factory.mktemp("runs"), CONFIG)
-    manager = JobManager()
-    manager.submit(run, partial(workflow.full_job, data_root=data_root))
-    assert manager.wait(timeout=300)
-    assert run.status()["status"] == runs.FINISHED, run.read_log()
-    return run
+    return train_run(CONFIG, tmp_path_factory.mktemp("runs"), data_root)
 
 
 def side_run(runs_dir: Path, status: str, name: str) -> runs.Run:
@@ -150,7 +134,9 @@ def wait_for_stop(run: runs.Run, progress) -> None:
 
 
 def test_delete_needs_confirmation_and_refuses_an_active_run(page, run):
-    from pages._common import job_manager  # the server's worker, shared with the app in this process
+    from pages._common import (
+        job_manager,  # the server's worker, shared with the app in this process
+    )
 
     finished = side_run(run.path.parent, runs.FINISHED, "old")
     active = side_run(run.path.parent, runs.QUEUED, "busy")
@@ -190,7 +176,9 @@ def test_comparison_configs_are_scratch_frozen_and_fine_tuned():
 
 
 def test_comparison_queues_three_runs_and_shows_their_results(page, run):
-    from pages._common import job_manager  # the server's worker, shared with the app in this process
+    from pages._common import (
+        job_manager,  # the server's worker, shared with the app in this process
+    )
 
     before = {r.id for r in runs.list_runs(run.path.parent)}
     session = dict(data_config=dataclasses.replace(CONFIG.data, image_size=128), augment_config=CONFIG.augment,

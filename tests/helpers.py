@@ -1,0 +1,34 @@
+"""Small helpers shared by test modules (conftest.py holds the fixtures)."""
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+#: Three colour classes, an easy and fast real dataset for page tests.
+COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 220)}
+
+
+def make_colour_folders(root: Path) -> Path:
+    """`root/colours/<class>/*.png`: 12 noisy 64 px images per colour."""
+    rng = np.random.default_rng(0)
+    for name, colour in COLOURS.items():
+        (root / "colours" / name).mkdir(parents=True)
+        for n in range(12):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 25, (64, 64, 3)), 0, 255).astype("uint8")
+            Image.fromarray(pixels).save(root / "colours" / name / f"{n:02d}.png")
+    return root
+
+
+def train_run(config, runs_dir: Path, data_root: Path):
+    """A finished run of `config`, trained through the job runner as the dashboard trains."""
+    from functools import partial
+
+    from core import runs, workflow
+    from core.jobs import JobManager
+
+    run = runs.Run.create(runs_dir, config)
+    manager = JobManager()
+    manager.submit(run, partial(workflow.full_job, data_root=data_root))
+    assert manager.wait(timeout=300)
+    assert run.status()["status"] == runs.FINISHED, run.read_log()
+    return run
