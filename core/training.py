@@ -25,7 +25,7 @@ from core import model as model_lib
 from core.config import TrainConfig
 from core.datasets import ImageData
 
-EXTRACT_BATCH = 64
+EXTRACT_BATCH = 32
 
 
 class Stopped(Exception):
