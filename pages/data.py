@@ -1,5 +1,7 @@
 """Data: pick a source and its split, then look at samples, class counts and skipped files."""
 import hashlib
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,6 +20,18 @@ SOURCES = {
     "zip": "Upload a .zip",
 }
 IMAGE_SIZES = [96, 128, 160, 192, 224, 299]
+
+
+def keep_upload(upload) -> Path:
+    """Store an uploaded zip in the cache, in a folder named by its content, under the
+    name the user gave it (made safe), so that messages about it name their file."""
+    content = upload.getvalue()
+    folder = demo_data.default_cache_dir() / "uploads" / "archives" / hashlib.sha256(content).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (re.sub(r"[^\w.-]", "_", Path(upload.name.replace("\\", "/")).name).lstrip(".") or "upload.zip")
+    path.write_bytes(content)
+    return path
+
 
 st.title("Data")
 st.caption("Pick the images to learn from. Every later step uses this dataset and image size.")
@@ -51,12 +65,7 @@ with st.form("data_form"):
         upload = st.file_uploader("Zip of class folders", type=["zip"],
                                   help="<class>/images or {train,validation[,test]}/<class>/images, optionally under one top folder.")
         if upload is not None:
-            uploads = demo_data.default_cache_dir() / "uploads"
-            uploads.mkdir(parents=True, exist_ok=True)
-            content = upload.getvalue()
-            path = uploads / f"{hashlib.sha256(content).hexdigest()[:16]}.zip"
-            path.write_bytes(content)
-            name = str(path)
+            name = str(keep_upload(upload))
     cols = st.columns(4)
     val_fraction = cols[0].slider("Validation fraction", 0.05, 0.5, config.val_fraction, 0.05,
                                   help="Used when the folder has no split folders.")

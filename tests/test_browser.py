@@ -1,4 +1,6 @@
-"""End-to-end: the dashboard in a real Chromium, from the first page load on."""
+"""The dashboard in a real Chromium, from the first page load on: the app shell, the
+sidebar, a deep link. (The whole workflow, and the README's screenshots, are in
+test_e2e_workflow.py.)"""
 import os
 import re
 import time
@@ -8,7 +10,7 @@ import pytest
 from core import demo_data
 from tests.browser import (  # noqa: F401 (app_server, browser_page and chromium are fixtures)
     app_server, assert_no_errors, browser_page, chromium, image_captions, open_page, record_timing,
-    save_screenshot, start_server, stop_server, wait_for_chart, wait_for_images, wait_until_idle,
+    start_server, stop_server, wait_for_chart, wait_for_images, wait_until_idle,
 )
 
 NAV_TITLES = ["Data", "Augmentation", "Model", "Train head", "Fine-tune", "Evaluate", "Runs"]
@@ -46,7 +48,6 @@ def test_data_page_then_augmentation_through_the_sidebar(app_server, browser_pag
     captions = image_captions(page)
     assert len(captions) >= 9 and set(captions) <= set(demo_data.CLASSES)
     assert workflow_done(page) == ["Data loaded"]
-    save_screenshot(page, "data")
 
     started = time.perf_counter()
     open_page(page, "Augmentation")
@@ -56,7 +57,6 @@ def test_data_page_then_augmentation_through_the_sidebar(app_server, browser_pag
     assert_no_errors(page)
     assert [c for c in image_captions(page) if c.startswith("Random view")] == [f"Random view {i}" for i in range(1, 10)]
     assert workflow_done(page) == ["Data loaded", "Augmentation previewed"]
-    save_screenshot(page, "augmentation")
 
     report_timing(capsys, "server_start_s", "Server start (launch to healthy)", app_server.startup_s)
     report_timing(capsys, "data_first_render_s", "Data page first render (demo generated, 9 images, chart)", data_render_s)
