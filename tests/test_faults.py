@@ -52,6 +52,20 @@ def shown_run_id(page: Page, status: str) -> str:
     return line.inner_text().split()[1]
 
 
+def one_running_one_queued(pages: list[Page], timeout_s: float = 60) -> tuple[Page, Page]:
+    """Wait until one page shows its run running while the other shows its run queued
+    (a run just submitted may show "queued" for a moment before the worker takes it)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        running = [page for page in pages if run_status(page, "running").count()]
+        waiting = [page for page in pages if run_status(page, "queued").count()
+                   and page.get_by_text(re.compile(r"^Queued: number 1 in line")).count()]
+        if len(running) == len(waiting) == 1 and running != waiting:
+            return running[0], waiting[0]
+        assert time.monotonic() < deadline, "the two sessions never showed one run running and one queued"
+        time.sleep(0.2)
+
+
 def history_phases(run: runs.Run) -> list[tuple[str, int]]:
     return [(record["phase"], record["epoch"]) for record in run.history()]
 
@@ -65,13 +79,7 @@ def test_two_sessions_training_at_once_queue_and_keep_their_runs_apart(new_sessi
     for page in epochs:
         page.get_by_role("button", name="Start head training").click()
 
-    queued = re.compile(r"^Queued: number 1 in line")
-    deadline = time.monotonic() + 30
-    while not any(page.get_by_text(queued).count() for page in epochs):
-        assert time.monotonic() < deadline, "neither session shows its run queued"
-        time.sleep(0.2)
-    waiting = next(page for page in epochs if page.get_by_text(queued).count())
-    running = next(page for page in epochs if page is not waiting)
+    running, waiting = one_running_one_queued(list(epochs))
     ids = {running: shown_run_id(running, "running"), waiting: shown_run_id(waiting, "queued")}
     assert ids[running] != ids[waiting]
     for page in (running, waiting):
