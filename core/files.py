@@ -232,7 +232,7 @@ def _stream_members(
 def _human_size(size: int) -> str:
     for unit, scale in (("GiB", GiB), ("MiB", MiB), ("KiB", 1024)):
         if size >= scale:
-            return f"{size / scale:.1f} {unit}"
+            return f"{size / scale:.2f} {unit}"
     return f"{size} bytes"
 
 

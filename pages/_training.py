@@ -59,6 +59,8 @@ def learning_curves(history: list[dict], smoothing: float = 0.0):
         figure.add_vline(x=marker + 0.5, line_dash="dash", line_color="green",
                          annotation_text="Start fine-tuning", annotation_position="bottom right")
     figure.update_layout(height=360, margin=dict(t=40, b=10), legend_title_text="")
+    if len({record["epoch"] for record in history}) <= 20:
+        figure.update_xaxes(dtick=1)  # whole epochs
     return figure
 
 

@@ -76,7 +76,7 @@ if run_id:
         if head_metrics.get("test_accuracy") is not None:
             cols[2].metric("Test accuracy", f"{head_metrics['test_accuracy']:.3f}")
         if head_metrics:
-            cols[3].metric("Training path", "cached features" if head_metrics.get("path") == "features" else "full model",
+            cols[3].metric("Training path", "features" if head_metrics.get("path") == "features" else "full model",
                            help=f"{head_metrics.get('seconds', 0):.1f} s")
         st.success("Head trained. Next: Fine-tune, at a much lower learning rate.", icon=":material/check_circle:")
     job_panel(run_id)

@@ -184,7 +184,7 @@ def test_archive_over_the_upload_limit_is_refused(tmp_path, workspace):
     assert_refused(
         archive,
         workspace,
-        r"big.zip is 4\.\d KiB, over the limit of 1000 bytes",
+        r"big.zip is 4\.\d\d KiB, over the limit of 1000 bytes",
         max_archive_bytes=1000,
     )
     assert_refused(
@@ -207,7 +207,7 @@ def test_declared_total_over_limit_is_refused(tmp_path, workspace):
     assert_refused(
         archive,
         workspace,
-        "expands to 2.0 MiB, over the limit of 1.0 MiB",
+        "expands to 2.00 MiB, over the limit of 1.00 MiB",
         max_total_bytes=1024**2,
         max_ratio=10**9,
     )

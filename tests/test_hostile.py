@@ -193,7 +193,7 @@ HOSTILE_ZIPS = {
     "traversal": (lambda tmp: zip_of(("../../../../escaped.png", png(9))), "points outside the archive with '..'"),
     "absolute": (lambda tmp: zip_of((f"{tmp}/absolute/escaped.png", png(9))), "has an absolute path"),
     "symlink": (symlink_member_zip, "is a symbolic link"),
-    "bomb_beyond_1_gib": (lambda tmp: zeros_zip(GiB + 16 * MiB), "over the limit of 1.0 GiB"),
+    "bomb_beyond_1_gib": (lambda tmp: zeros_zip(GiB + 16 * MiB), "over the limit of 1.00 GiB"),
     "bomb_by_ratio": (lambda tmp: zeros_zip(64 * MiB), "zip bomb?"),
 }
 

@@ -126,7 +126,7 @@ def test_head_training_runs_the_sessions_configs_and_shows_its_metrics(trained_h
     assert metric(at, "Validation accuracy before training") == f"{metrics['initial']['accuracy']:.3f}"
     assert metric(at, "Best validation accuracy") == f"{metrics['head']['val_accuracy']:.3f}"
     assert metric(at, "Test accuracy") == f"{metrics['head']['test_accuracy']:.3f}"
-    assert metric(at, "Training path") == "cached features"
+    assert metric(at, "Training path") == "features"
     assert panel_status(at, run.id) == runs.FINISHED
     curves = {(trace["name"], trace["xaxis"]): trace for trace in figure(at)["data"]}  # x: accuracy, x2: loss
     validation_accuracy = curves["validation", "x"]
