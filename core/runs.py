@@ -332,11 +332,18 @@ class Run:
 
     def save_model(self, model, kind: str) -> Path:
         """Save `model` as `<kind>.keras` atomically: a failed save keeps the old file."""
+        return self._replace_model(kind, model.save)
+
+    def copy_model(self, source_kind: str, kind: str) -> Path:
+        """Copy `<source_kind>.keras` to `<kind>.keras`, atomically."""
+        return self._replace_model(kind, lambda tmp: shutil.copyfile(self.model_path(source_kind), tmp))
+
+    def _replace_model(self, kind: str, write) -> Path:
         target = self.model_path(kind)
         tmp = self.path / f".{kind}-{secrets.token_hex(4)}.tmp.keras"
         try:
             with _writing(self.path):
-                model.save(tmp)
+                write(tmp)
                 os.replace(tmp, target)
         finally:
             with suppress(OSError):

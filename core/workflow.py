@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import shutil
 from pathlib import Path
 
 import keras
@@ -166,11 +165,11 @@ def _finish_phase(run: Run, model: keras.Model, data: ImageData, result: trainin
         if not config.restore_best:
             result.use_weights("final")
     else:
-        shutil.copyfile(run.model_path("final"), run.model_path("best"))
+        run.copy_model("final", "best")
     if config.restore_best:
-        shutil.copyfile(run.model_path("best"), run.model_path("final"))
+        run.copy_model("best", "final")
     if result.phase == "head":
-        shutil.copyfile(run.model_path("final"), run.model_path("head"))
+        run.copy_model("final", "head")
 
     summary = {
         "path": result.path,

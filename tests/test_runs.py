@@ -129,6 +129,23 @@ def test_save_model_is_atomic(run):
         run.model_path("latest")
 
 
+def test_copy_model_is_atomic(run, monkeypatch):
+    run.save_model(FakeModel(b"final"), "final")
+    run.save_model(FakeModel(b"old best"), "best")
+    run.copy_model("final", "best")
+    assert (run.path / "best.keras").read_bytes() == b"final"
+
+    def full_disk(source, target):
+        Path(target).write_bytes(b"part")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runs.shutil, "copyfile", full_disk)
+    with pytest.raises(UserError, match="No space left"):
+        run.copy_model("final", "head")
+    assert not (run.path / "head.keras").exists()
+    assert sorted(p.name for p in run.path.iterdir() if p.suffix == ".keras") == ["best.keras", "final.keras"]
+
+
 def test_dead_owner_reads_as_interrupted(run):
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
