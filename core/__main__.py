@@ -57,7 +57,7 @@ def train(args: argparse.Namespace) -> dict:
     from pathlib import Path
 
     from core import augmentation, config as config_io, datasets, runs
-    from core.config import DEFAULT_FINE_TUNE, DataConfig, RunConfig
+    from core.config import DEFAULT_FINE_TUNE, RunConfig
     from core.jobs import JobManager
     from core.workflow import full_job
 

@@ -64,8 +64,13 @@ def learning_curves(history: list[dict], smoothing: float = 0.0):
     return figure
 
 
-def job_panel(run_id: str, smoothing: float = 0.0) -> None:
-    """Status, progress, Stop and live curves of one run; polls only while it is active."""
+def job_panel(run_id: str, smoothing: float = 0.0, results=None) -> None:
+    """Status, progress, Stop, live curves and then `results(run)` of one run.
+
+    Polls while the job was active when the page was drawn, so what the job ends
+    with appears by itself; no full-page rerun, which could swallow a click on
+    another page. The next interaction redraws the page and the polling stops.
+    """
     manager = job_manager()
     job = manager.get(run_id)
     active = job is not None and job.state != "done"
@@ -104,8 +109,8 @@ def job_panel(run_id: str, smoothing: float = 0.0) -> None:
             st.plotly_chart(learning_curves(history, smoothing), width="stretch", key=f"curves-{run_id}")
         elif state == "running":
             st.caption("Curves appear after the first epoch.")
-        if active and (live is None or live.state == "done"):
-            st.rerun()  # the job ended: redraw the whole page once, and stop polling
+        if results is not None:
+            results(run)
 
     panel()
 

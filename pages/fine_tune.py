@@ -20,6 +20,20 @@ def learning_rates(head: TrainConfig) -> dict[str, tuple[str, float]]:
     }
 
 
+def tuned_results(run) -> None:
+    """The fine-tuning phase's scores against the head's, once it has finished."""
+    metrics = run.read_json("metrics.json", default={})
+    if "fine_tune" not in metrics:
+        return
+    head_metrics, tuned = metrics.get("head", {}), metrics["fine_tune"]
+    cols = st.columns(2)
+    cols[0].metric("Validation accuracy after fine-tuning", f"{tuned.get('val_accuracy', 0):.3f}",
+                   delta=f"{tuned.get('val_accuracy', 0) - head_metrics.get('val_accuracy', 0):+.3f} vs head")
+    if tuned.get("test_accuracy") is not None:
+        cols[1].metric("Test accuracy after fine-tuning", f"{tuned['test_accuracy']:.3f}",
+                       delta=f"{tuned['test_accuracy'] - head_metrics.get('test_accuracy', 0):+.3f} vs head")
+
+
 st.title("Fine-tune")
 st.caption(
     "Unfreeze the top of the backbone and train it together with the head at a learning rate 10-100x lower, "
@@ -123,13 +137,4 @@ with user_errors():
         st.session_state["run_id"] = st.session_state["fine_tune_run_id"] = run.id
 
 smoothing = 0.8 if st.toggle("Smoothed curves (exponential moving average, as in Deep Learning with Python)") else 0.0
-job_panel(run.id, smoothing)
-metrics = run.read_json("metrics.json", default={})
-if "fine_tune" in metrics:
-    head_metrics, tuned = metrics.get("head", {}), metrics["fine_tune"]
-    cols = st.columns(2)
-    cols[0].metric("Validation accuracy after fine-tuning", f"{tuned.get('val_accuracy', 0):.3f}",
-                   delta=f"{tuned.get('val_accuracy', 0) - head_metrics.get('val_accuracy', 0):+.3f} vs head")
-    if tuned.get("test_accuracy") is not None:
-        cols[1].metric("Test accuracy after fine-tuning", f"{tuned['test_accuracy']:.3f}",
-                       delta=f"{tuned['test_accuracy'] - head_metrics.get('test_accuracy', 0):+.3f} vs head")
+job_panel(run.id, smoothing, results=tuned_results)

@@ -4,12 +4,32 @@ import dataclasses
 import streamlit as st
 
 from core import runs, workflow
-from core.config import RunConfig, TrainConfig
+from core.config import RunConfig
 from core.model import OPTIMIZERS
 from pages._common import current_data, job_manager, runs_dir, state, user_errors
-from pages._training import attached_run_id, job_panel, open_run, preset_of, within
+from pages._training import attached_run_id, job_panel, preset_of, within
 
 LEARNING_RATES = {"Adam 1e-3 (Keras guide)": ("adam", 1e-3), "Adam 1e-4 (TF tutorial)": ("adam", 1e-4)}
+
+def head_results(run) -> None:
+    """The head phase's scores, once it has saved its model."""
+    if not run.model_path("head").is_file():
+        return
+    st.session_state["head_run_id"] = run.id
+    metrics = run.read_json("metrics.json", default={})
+    cols = st.columns(4)
+    initial, head_metrics = metrics.get("initial", {}), metrics.get("head", {})
+    if initial:
+        cols[0].metric("Validation accuracy before training", f"{initial.get('accuracy', 0):.3f}")
+    if head_metrics.get("val_accuracy") is not None:
+        cols[1].metric("Best validation accuracy", f"{head_metrics['val_accuracy']:.3f}")
+    if head_metrics.get("test_accuracy") is not None:
+        cols[2].metric("Test accuracy", f"{head_metrics['test_accuracy']:.3f}")
+    if head_metrics:
+        cols[3].metric("Training path", "features" if head_metrics.get("path") == "features" else "full model",
+                       help=f"{head_metrics.get('seconds', 0):.1f} s")
+    st.success("Head trained. Next: Fine-tune, at a much lower learning rate.", icon=":material/check_circle:")
+
 
 st.title("Train head")
 st.caption(
@@ -63,22 +83,6 @@ if start and data is not None:
 
 run_id = attached_run_id()
 if run_id:
-    run = open_run(run_id)
-    if run is not None and run.model_path("head").is_file():
-        st.session_state["head_run_id"] = run_id
-        metrics = run.read_json("metrics.json", default={})
-        cols = st.columns(4)
-        initial, head_metrics = metrics.get("initial", {}), metrics.get("head", {})
-        if initial:
-            cols[0].metric("Validation accuracy before training", f"{initial.get('accuracy', 0):.3f}")
-        if head_metrics.get("val_accuracy") is not None:
-            cols[1].metric("Best validation accuracy", f"{head_metrics['val_accuracy']:.3f}")
-        if head_metrics.get("test_accuracy") is not None:
-            cols[2].metric("Test accuracy", f"{head_metrics['test_accuracy']:.3f}")
-        if head_metrics:
-            cols[3].metric("Training path", "features" if head_metrics.get("path") == "features" else "full model",
-                           help=f"{head_metrics.get('seconds', 0):.1f} s")
-        st.success("Head trained. Next: Fine-tune, at a much lower learning rate.", icon=":material/check_circle:")
-    job_panel(run_id)
+    job_panel(run_id, results=head_results)
 else:
     st.info("Press Start: training runs in the background, so you can switch pages and come back.")
