@@ -25,9 +25,10 @@ def main() -> None:
     args = parser.parse_args()
     use_shared_weights()
 
-    from core import runs, workflow
+    from core import workflow
     from core.config import DataConfig, RunConfig, TrainConfig
-    from core.jobs import JobManager
+    from core.training import runs
+    from core.training.jobs import JobManager
 
     config = RunConfig(data=DataConfig(image_size=96), head=TrainConfig(epochs=2),
                        fine_tune=TrainConfig(epochs=1, learning_rate=1e-4, fine_tune_at="100"))

@@ -96,10 +96,12 @@ def recipe() -> dict:
 
 def ours() -> dict:
     """Our defaults, through the same job the dashboard and the CLI run."""
-    from core import evaluation, runs, workflow
+    from core import workflow
     from core.config import DEFAULT_FINE_TUNE, DataConfig, RunConfig
-    from core.datasets import load_labelled
-    from core.jobs import Progress
+    from core.data.datasets import load_labelled
+    from core.results import evaluation
+    from core.training import runs
+    from core.training.jobs import Progress
 
     config = RunConfig(data=DataConfig(source="folder", name=str(DATA), image_size=SIZE), fine_tune=DEFAULT_FINE_TUNE)
     run = runs.Run.create(Path(tempfile.mkdtemp(prefix="bench-runs-")), config)

@@ -13,16 +13,17 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from core.backbones import BACKBONES, DEFAULT_BACKBONE  # noqa: E402
+from core import settings
 from core.config import ModelConfig  # noqa: E402
 from core.errors import UserError  # noqa: E402
+from core.model.backbones import BACKBONES, DEFAULT_BACKBONE  # noqa: E402
 
 USER_ERROR_EXIT = 2
 
 
 def summary(args: argparse.Namespace) -> dict:
     """Parameter counts and the layer table of a freshly built model."""
-    from core.model import build_model, count_params, layer_table, set_trainable
+    from core.model.build import build_model, count_params, layer_table, set_trainable
 
     model_config = ModelConfig(
         backbone=args.backbone,
@@ -56,9 +57,11 @@ def train(args: argparse.Namespace) -> dict:
     import dataclasses
     from pathlib import Path
 
-    from core import augmentation, config as config_io, datasets, runs
+    from core import config as config_io
     from core.config import DEFAULT_FINE_TUNE, RunConfig
-    from core.jobs import JobManager
+    from core.model import augmentation
+    from core.training import runs
+    from core.training.jobs import JobManager
     from core.workflow import full_job
 
     run_config = config_io.loads(Path(args.config).read_text()) if args.config else RunConfig(fine_tune=DEFAULT_FINE_TUNE)
@@ -81,11 +84,11 @@ def train(args: argparse.Namespace) -> dict:
         augment=augmentation.parse_spec(args.augment) if args.augment else run_config.augment,
         seed=args.seed if args.seed is not None else run_config.seed,
     )
-    run = runs.Run.create(args.runs_dir or runs.default_runs_dir(), run_config)
+    run = runs.Run.create(args.runs_dir or settings.runs_dir(), run_config)
     manager = JobManager()
     # Paths given here are absolute; a folder name in a dashboard's config.json is
     # relative to the data root, as it was on the server.
-    root = Path("/") if Path(data.name).is_absolute() else datasets.data_root()
+    root = Path("/") if Path(data.name).is_absolute() else settings.data_root()
     job = manager.submit(run, lambda run, progress: full_job(run, progress, data_root=root))
     _follow(manager, job)
     status = run.status()
@@ -134,7 +137,9 @@ def _follow(manager, job) -> None:
 
 def evaluate(args: argparse.Namespace) -> dict:
     """Accuracy, loss, per-class scores and the confusion matrix of a run's model on a folder."""
-    from core import datasets, evaluation, runs
+    from core.data import datasets
+    from core.results import evaluation
+    from core.training import runs
     from core.workflow import load_run_model
 
     run = runs.Run(args.run_dir)
@@ -151,8 +156,9 @@ def predict(args: argparse.Namespace) -> list:
     """Class probabilities for each image; a bad file gets an error entry."""
     import numpy as np
 
-    from core import evaluation, runs
-    from core.images import ImageError, load_image
+    from core.data.images import ImageError, load_image
+    from core.results import evaluation
+    from core.training import runs
     from core.workflow import load_run_model
 
     run = runs.Run(args.run_dir)

@@ -16,13 +16,15 @@ from pathlib import Path
 
 import keras
 
-from core import datasets, evaluation, export, training
-from core.augmentation import build_augmentation
 from core.config import RunConfig, TrainConfig
-from core.datasets import ImageData
+from core.data import datasets
+from core.data.datasets import ImageData
 from core.errors import UserError
-from core.model import build_model, first_trainable_index, get_backbone
-from core.runs import Run
+from core.model.augmentation import build_augmentation
+from core.model.build import build_model, first_trainable_index, get_backbone
+from core.results import evaluation, export
+from core.training import phases as training
+from core.training.runs import Run
 
 CLASSES_FILE = "classes.json"
 load_data = datasets.load_cached

@@ -11,9 +11,11 @@ from contextlib import contextmanager
 import numpy as np
 import streamlit as st
 
-from core import datasets
+from core import settings
 from core.config import AugmentConfig, DataConfig, ModelConfig, TrainConfig
+from core.data import datasets
 from core.errors import UserError
+
 
 def _use_the_app_shell() -> None:
     """Streamlit treats a folder named pages/ as an old-style multipage app until the
@@ -101,12 +103,10 @@ def image_grid(images: np.ndarray, captions: list[str], columns: int = 3) -> Non
 def job_manager():
     """The server's one background worker: it runs training jobs one at a time,
     outside any script run, so page switches and reloads do not touch them."""
-    from core.jobs import JobManager
+    from core.training.jobs import JobManager
 
     return JobManager()
 
 
 def runs_dir():
-    from core.runs import default_runs_dir
-
-    return default_runs_dir()
+    return settings.runs_dir()

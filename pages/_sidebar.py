@@ -1,7 +1,7 @@
 """The shared sidebar: current choices and the state of the workflow."""
 import streamlit as st
 
-from core import runs
+from core.training import runs
 from pages._common import job_manager, runs_dir, state
 
 
@@ -15,7 +15,7 @@ def render(container) -> None:
             f"**Image size:** {data.image_size} px · batch {data.batch_size}  \n"
             f"**Backbone:** {model.backbone} ({model.weights} weights)"
         )
-        from core.augmentation import to_spec
+        from core.model.augmentation import to_spec
 
         st.caption(f"Augmentation: {to_spec(augment)}")
         st.subheader("Workflow")

@@ -7,8 +7,8 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core import runs
-from core.curves import curve_rows, fine_tune_start
+from core.results.curves import curve_rows, fine_tune_start
+from core.training import runs
 from pages._common import job_manager, runs_dir
 
 POLL_SECONDS = 1.0

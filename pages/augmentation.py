@@ -1,8 +1,8 @@
 """Augmentation: configure Keras' random preprocessing layers and preview them on one image."""
 import streamlit as st
 
-from core.augmentation import FLIP_MODES, preview
 from core.config import AugmentConfig
+from core.model.augmentation import FLIP_MODES, preview
 from pages._common import current_data, image_grid, state
 
 st.title("Augmentation")

@@ -8,9 +8,10 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core import datasets, demo_data
+from core import settings
 from core.config import GUIDE_TFDS_SPLITS, DataConfig
-from core.tfds_source import SUGGESTED, describe
+from core.data import datasets
+from core.data.tfds_source import SUGGESTED, describe
 from pages._common import current_data, image_grid, state, user_errors
 
 SOURCES = {
@@ -26,7 +27,7 @@ def keep_upload(upload) -> Path:
     """Store an uploaded zip in the cache, in a folder named by its content, under the
     name the user gave it (made safe), so that messages about it name their file."""
     content = upload.getvalue()
-    folder = demo_data.default_cache_dir() / "uploads" / "archives" / hashlib.sha256(content).hexdigest()[:16]
+    folder = settings.cache_dir() / "uploads" / "archives" / hashlib.sha256(content).hexdigest()[:16]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / (re.sub(r"[^\w.-]", "_", Path(upload.name.replace("\\", "/")).name).lstrip(".") or "upload.zip")
     path.write_bytes(content)
@@ -58,7 +59,7 @@ with st.form("data_form"):
         with user_errors():
             st.caption(f"{describe(name)}. Offline, only a prepared copy works.")
     elif source == "folder":
-        st.caption(f"Data root on the server: `{datasets.data_root()}`. Paths outside it are refused.")
+        st.caption(f"Data root on the server: `{settings.data_root()}`. Paths outside it are refused.")
         name = st.text_input("Folder (relative to the data root)", value=name,
                              help="Either <folder>/<class>/images or <folder>/{train,validation[,test]}/<class>/images.")
     elif source == "zip":

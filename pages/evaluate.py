@@ -5,9 +5,10 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core import evaluation, runs
+from core.data.images import ImageError, load_image
 from core.errors import UserError
-from core.images import ImageError, load_image
+from core.results import evaluation
+from core.training import runs
 from core.workflow import CLASSES_FILE, load_data, load_run_model
 from pages._common import image_grid, runs_dir, show_error
 

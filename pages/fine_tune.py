@@ -3,9 +3,11 @@ import dataclasses
 
 import streamlit as st
 
-from core import config as config_io, runs, workflow
+from core import config as config_io
+from core import workflow
 from core.config import DEFAULT_FINE_TUNE, RunConfig, TrainConfig
-from core.model import OPTIMIZERS, count_params, get_backbone, set_trainable
+from core.model.build import OPTIMIZERS, count_params, get_backbone, set_trainable
+from core.training import runs
 from pages._common import job_manager, runs_dir, state, user_errors
 from pages._training import job_panel, open_run, preset_of, within
 

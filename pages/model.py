@@ -6,11 +6,11 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core.augmentation import build_augmentation
-from core.backbones import BACKBONES, WeightsUnavailableError
 from core.config import AugmentConfig, ModelConfig
 from core.errors import UserError
-from core.model import (
+from core.model.augmentation import build_augmentation
+from core.model.backbones import BACKBONES, WeightsUnavailableError
+from core.model.build import (
     POOLING_LAYERS,
     build_model,
     compile_model,
@@ -20,8 +20,8 @@ from core.model import (
     layer_table,
     set_trainable,
     summary_text,
-    trainable_api_demo,
 )
+from core.model.trainable_api import trainable_api_demo
 from pages._common import current_data, show_error, state
 
 PREPROCESSING = {

@@ -7,9 +7,11 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core import compare, export, runs, workflow
+from core import workflow
 from core.config import RunConfig
 from core.errors import UserError
+from core.results import compare, export
+from core.training import runs
 from pages._common import job_manager, runs_dir, show_error, state, user_errors
 
 EXPORT_FOLDER = "export"

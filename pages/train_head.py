@@ -3,9 +3,10 @@ import dataclasses
 
 import streamlit as st
 
-from core import runs, workflow
+from core import workflow
 from core.config import RunConfig
-from core.model import OPTIMIZERS
+from core.model.build import OPTIMIZERS
+from core.training import runs
 from pages._common import current_data, job_manager, runs_dir, state, user_errors
 from pages._training import attached_run_id, job_panel, preset_of, within
 

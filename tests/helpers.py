@@ -23,8 +23,9 @@ def train_run(config, runs_dir: Path, data_root: Path):
     """A finished run of `config`, trained through the job runner as the dashboard trains."""
     from functools import partial
 
-    from core import runs, workflow
-    from core.jobs import JobManager
+    from core import workflow
+    from core.training import runs
+    from core.training.jobs import JobManager
 
     run = runs.Run.create(runs_dir, config)
     manager = JobManager()

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core import demo_data
 from core.config import AugmentConfig, DataConfig
+from core.data import demo_data
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 WORKFLOW_PAGES = [

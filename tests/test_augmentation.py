@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from core.augmentation import build_augmentation, parse_spec, preview, to_spec
 from core.config import AugmentConfig
 from core.errors import UserError
+from core.model.augmentation import build_augmentation, parse_spec, preview, to_spec
 
 
 def test_layers_follow_the_config():

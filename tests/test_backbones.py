@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 from keras.src.utils import file_utils
 
-from core.backbones import (
+from core import settings
+from core.errors import UserError
+from core.model.backbones import (
     BACKBONES,
     DEFAULT_BACKBONE,
     Preprocess,
     WeightsUnavailableError,
     load_backbone,
-    weights_cache_dir,
 )
-from core.errors import UserError
 
 REQUIRED = {
     "MobileNetV2", "MobileNet", "MobileNetV3Small", "MobileNetV3Large", "EfficientNetB0",
@@ -98,7 +98,7 @@ def test_missing_weights_give_an_actionable_message(offline, name, size):
     error = caught.value
     assert [error.directory / error.file_name] == offline  # exactly what Keras looked for
     assert error.file_name == spec.weights_file(size)
-    assert error.directory == weights_cache_dir()
+    assert error.directory == settings.keras_models_dir()
     assert str(error.directory) in error.message and error.file_name in error.message
     assert "weights file" in error.hint and "'none'" in error.hint
 

@@ -7,10 +7,20 @@ import time
 
 import pytest
 
-from core import demo_data
+from core.data import demo_data
 from tests.browser import (  # noqa: F401 (app_server, browser_page and chromium are fixtures)
-    app_server, assert_no_errors, browser_page, chromium, image_captions, open_page, record_timing,
-    start_server, stop_server, wait_for_chart, wait_for_images, wait_until_idle,
+    app_server,
+    assert_no_errors,
+    browser_page,
+    chromium,
+    image_captions,
+    open_page,
+    record_timing,
+    start_server,
+    stop_server,
+    wait_for_chart,
+    wait_for_images,
+    wait_until_idle,
 )
 
 NAV_TITLES = ["Data", "Augmentation", "Model", "Train head", "Fine-tune", "Evaluate", "Runs"]

@@ -2,7 +2,7 @@
 
 One run (3 colour classes x 12 images at 96 px, MobileNetV2 with the real
 ImageNet weights) is trained once for the module; every expected number is
-recomputed here with `core.evaluation` on the saved model.
+recomputed here with `core.results.evaluation` on the saved model.
 """
 import json
 import subprocess
@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import datasets, evaluation, runs
+from core.data import datasets
+from core.results import evaluation
+from core.training import runs
 from core.workflow import load_run_model
 
 ROOT = Path(__file__).resolve().parents[1]

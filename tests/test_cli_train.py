@@ -6,8 +6,9 @@ import sys
 
 from PIL import Image
 
-from core import config as config_io, runs
+from core import config as config_io
 from core.config import DataConfig, RunConfig, TrainConfig
+from core.training import runs
 
 
 def test_a_dashboard_config_runs_unchanged(tmp_path):

@@ -1,10 +1,11 @@
-"""core.compare: the runs table and comparison rows, from run folders written here by hand."""
+"""core.results.compare: the runs table and comparison rows, from run folders written here by hand."""
 import datetime
 
 import pytest
 
-from core import compare, runs
 from core.config import DataConfig, RunConfig, TrainConfig
+from core.results import compare
+from core.training import runs
 
 HISTORY = [
     {"phase": "head", "epoch": 1, "path": "features", "val_accuracy": 0.5, "val_loss": 0.9, "accuracy": 0.4, "loss": 1.1},

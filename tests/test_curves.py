@@ -1,7 +1,7 @@
 """Learning-curve data: smoothing, the fine-tuning marker, long-format rows."""
 import pytest
 
-from core.curves import curve_rows, fine_tune_start, smooth
+from core.results.curves import curve_rows, fine_tune_start, smooth
 
 HISTORY = [
     {"phase": "head", "epoch": 1, "loss": 0.6, "accuracy": 0.7, "val_loss": 0.5, "val_accuracy": 0.8},

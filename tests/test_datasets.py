@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import datasets
 from core.config import DataConfig
+from core.data import datasets
 from core.errors import UserError
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (20, 40, 230)}

@@ -2,7 +2,7 @@
 import numpy as np
 from PIL import Image
 
-from core import demo_data
+from core.data import demo_data
 
 
 def test_generation_is_deterministic(tmp_path):

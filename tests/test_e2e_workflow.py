@@ -7,12 +7,27 @@ import time
 import pytest
 from playwright.sync_api import Page, expect
 
-from core import demo_data
-from core.export import load_model_safe
+from core.data import demo_data
+from core.results.export import load_model_safe
 from tests.browser import (  # noqa: F401 (app_server, browser_page and chromium are fixtures)
-    app_server, assert_no_errors, browser_page, chromium, dataframe_rows, fill_number, image_captions,
-    load_demo_at, metric, open_page, record_timing, run_status, save_screenshot, svg_texts,
-    wait_for_chart, wait_for_images, wait_until_idle, watch_progress,
+    app_server,
+    assert_no_errors,
+    browser_page,
+    chromium,
+    dataframe_rows,
+    fill_number,
+    image_captions,
+    load_demo_at,
+    metric,
+    open_page,
+    record_timing,
+    run_status,
+    save_screenshot,
+    svg_texts,
+    wait_for_chart,
+    wait_for_images,
+    wait_until_idle,
+    watch_progress,
 )
 
 IMAGE_SIZE = 96  # the smallest cached MobileNetV2 weights: fast on 2 CPU cores

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from core import evaluation
 from core.errors import UserError
+from core.results import evaluation
 
 
 def per_class(report, key):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from core import export
 from core.errors import UserError
+from core.results import export
 
 SIZE = 32
 

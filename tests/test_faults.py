@@ -7,11 +7,24 @@ import time
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from core import demo_data, runs
-from core.export import load_model_safe
+from core.data import demo_data
+from core.results.export import load_model_safe
+from core.training import runs
 from tests.browser import (  # noqa: F401 (chromium, shared_cache and start_app_server are fixtures)
-    VIEWPORT, assert_no_errors, chromium, dataframe_rows, fill_number, kill_server, load_demo_at, open_page,
-    progress_texts, run_status, shared_cache, start_app_server, wait_for_images, watch_progress,
+    VIEWPORT,
+    assert_no_errors,
+    chromium,
+    dataframe_rows,
+    fill_number,
+    kill_server,
+    load_demo_at,
+    open_page,
+    progress_texts,
+    run_status,
+    shared_cache,
+    start_app_server,
+    wait_for_images,
+    watch_progress,
 )
 
 IMAGE_SIZE = 96

@@ -7,8 +7,8 @@ import zipfile
 
 import pytest
 
+from core.data.files import resolve_under_root, safe_extract_zip
 from core.errors import UserError
-from core.files import resolve_under_root, safe_extract_zip
 
 
 def make_zip(path, members: dict, compression=zipfile.ZIP_DEFLATED):

@@ -16,14 +16,22 @@ from PIL import Image
 from playwright.sync_api import Browser, Page, expect
 from streamlit.testing.v1 import AppTest
 
-from core import runs
 from core.config import DataConfig, RunConfig
+from core.data.files import GiB, MiB
 from core.errors import UserError
-from core.export import load_model_safe
-from core.files import GiB, MiB
+from core.results.export import load_model_safe
+from core.training import runs
 from tests.browser import (  # noqa: F401 (chromium, shared_cache and start_app_server are fixtures)
-    ROOT, VIEWPORT, AppServer, chromium, shared_cache, start_app_server, start_server, stop_server,
-    wait_for_images, wait_until_idle,
+    ROOT,
+    VIEWPORT,
+    AppServer,
+    chromium,
+    shared_cache,
+    start_app_server,
+    start_server,
+    stop_server,
+    wait_for_images,
+    wait_until_idle,
 )
 
 APP = str(ROOT / "streamlit_app.py")

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.errors import UserError
-from core.images import (
+from core.data.images import (
     ImageError,
     LoadedImages,
     SkippedFile,
@@ -17,6 +16,7 @@ from core.images import (
     load_image,
     load_images,
 )
+from core.errors import UserError
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 

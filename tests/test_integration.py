@@ -5,9 +5,10 @@ import sys
 
 import pytest
 
-from core import runs, workflow
+from core import workflow
 from core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from core.jobs import Progress
+from core.training import runs
+from core.training.jobs import Progress
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ import pytest
 
 from core.config import RunConfig
 from core.errors import UserError
-from core.jobs import JobManager, Progress
-from core.runs import Run
+from core.training.jobs import JobManager, Progress
+from core.training.runs import Run
 
 TIMEOUT = 10
 

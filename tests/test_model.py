@@ -7,10 +7,10 @@ import keras
 import numpy as np
 import pytest
 
-from core.backbones import BACKBONES
 from core.config import ModelConfig
 from core.errors import UserError
-from core.model import (
+from core.model.backbones import BACKBONES
+from core.model.build import (
     build_model,
     compile_model,
     count_params,
@@ -19,8 +19,8 @@ from core.model import (
     layer_table,
     set_trainable,
     summary_text,
-    trainable_api_demo,
 )
+from core.model.trainable_api import trainable_api_demo
 
 SMALL = ModelConfig(backbone="MobileNet", weights="imagenet")  # alpha 0.25, cached weights
 

@@ -12,9 +12,11 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core import evaluation, runs, workflow
+from core import workflow
 from core.config import DataConfig, RunConfig, TrainConfig
-from core.images import load_image
+from core.data.images import load_image
+from core.results import evaluation
+from core.training import runs
 from tests.helpers import COLOURS, train_run
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
@@ -51,7 +53,7 @@ def run(data_root, tmp_path_factory) -> runs.Run:
 
 @pytest.fixture(scope="module")
 def expected(run, data_root) -> dict:
-    """core.evaluation's report of each model on the run's test split."""
+    """core.results.evaluation's report of each model on the run's test split."""
     images, labels = workflow.load_data(CONFIG.data, data_root).splits["test"]
     reports = {}
     for kind in ("head", "final"):

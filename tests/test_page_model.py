@@ -1,7 +1,7 @@
 """AppTest of the Model page: the counts core computes, the unfreeze control, missing weights.
 
 The page runs inside the whole app on the built-in demo data at 96 px; every
-expected number is computed here with `core.model` on an independently built model.
+expected number is computed here with `core.model.build` on an independently built model.
 """
 import json
 from pathlib import Path
@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import datasets
-from core.augmentation import build_augmentation
 from core.config import AugmentConfig, DataConfig, ModelConfig
-from core.model import build_model, count_params, set_trainable, trainable_api_demo
+from core.data import datasets
+from core.model.augmentation import build_augmentation
+from core.model.build import build_model, count_params, set_trainable
+from core.model.trainable_api import trainable_api_demo
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
 DATA = DataConfig(image_size=96)

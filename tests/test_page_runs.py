@@ -13,8 +13,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import config as config_io
-from core import evaluation, export, runs, workflow
+from core import workflow
 from core.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
+from core.results import evaluation, export
+from core.training import runs
 from tests.helpers import train_run
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"

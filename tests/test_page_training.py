@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import runs, workflow
+from core import settings, workflow
 from core.config import AugmentConfig, DataConfig, ModelConfig, TrainConfig
-from core.model import count_params, set_trainable
+from core.model.build import count_params, set_trainable
+from core.training import runs
 from pages._common import job_manager
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
@@ -51,7 +52,7 @@ def start_head_training(at: AppTest) -> runs.Run:
     assert not at.exception
     run_id = at.session_state["run_id"]
     assert job_manager().get(run_id) is not None, "the page submitted to another JobManager"
-    return runs.Run(runs.default_runs_dir() / run_id)
+    return runs.Run(settings.runs_dir() / run_id)
 
 
 def finish_jobs(*sessions: AppTest) -> None:
@@ -92,7 +93,7 @@ def plotted(array) -> list:
 
 
 def run_folders() -> list[runs.Run]:
-    return runs.list_runs(runs.default_runs_dir())
+    return runs.list_runs(settings.runs_dir())
 
 
 @pytest.fixture

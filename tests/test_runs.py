@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from core import runs
+from core import settings
 from core.config import ModelConfig, RunConfig, TrainConfig
 from core.errors import UserError
-from core.runs import Run, delete_run, list_runs, open_run
+from core.training import runs
+from core.training.runs import Run, delete_run, list_runs, open_run
 
 CONFIG = RunConfig(model=ModelConfig(backbone="MobileNetV2", hidden_units=64),
                    fine_tune=TrainConfig(fine_tune_at="100", learning_rate=1e-5), name="cats")
@@ -30,9 +31,9 @@ def _foreign_status(pid, pid_start):
 
 def test_default_runs_dir_reads_env(monkeypatch, tmp_path):
     monkeypatch.setenv("TL_RUNS_DIR", str(tmp_path / "elsewhere"))
-    assert runs.default_runs_dir() == tmp_path / "elsewhere"
+    assert settings.runs_dir() == tmp_path / "elsewhere"
     monkeypatch.delenv("TL_RUNS_DIR")
-    assert runs.default_runs_dir() == Path.cwd() / "runs"
+    assert settings.runs_dir() == Path.cwd() / "runs"
 
 
 def test_create_names_folder_and_round_trips_config(run, tmp_path):

@@ -12,11 +12,12 @@ import keras
 import numpy as np
 import pytest
 
-from core import datasets, training
-from core.augmentation import build_augmentation
 from core.config import AugmentConfig, DataConfig, ModelConfig, TrainConfig
-from core.jobs import Progress
-from core.model import build_model, get_backbone, set_trainable
+from core.data import datasets
+from core.model.augmentation import build_augmentation
+from core.model.build import build_model, get_backbone, set_trainable
+from core.training import phases as training
+from core.training.jobs import Progress
 
 SIZE = 96
 
@@ -197,9 +198,10 @@ def test_training_on_two_logical_cpu_devices(tmp_path):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         import numpy as np
-        from core import datasets, training
+        from core.data import datasets
+        from core.training import phases as training
         from core.config import DataConfig, ModelConfig, TrainConfig
-        from core.model import build_model
+        from core.model.build import build_model
         strategy = training.select_strategy(["/cpu:0", "/cpu:1"])
         assert strategy.num_replicas_in_sync == 2, strategy
         data = datasets.load(DataConfig(image_size={SIZE}))

@@ -10,9 +10,11 @@ import time
 import numpy as np
 import pytest
 
-from core import evaluation, export, runs, workflow
+from core import workflow
 from core.config import DataConfig, RunConfig, TrainConfig
-from core.jobs import JobManager
+from core.results import evaluation, export
+from core.training import runs
+from core.training.jobs import JobManager
 
 SIZE = 96
 DATA = DataConfig(image_size=SIZE, val_fraction=0.15, test_fraction=0.15, batch_size=32)
@@ -133,7 +135,7 @@ def test_comparison_configs_follow_the_flowers_blog():
 
 def test_a_killed_server_leaves_an_interrupted_run_with_its_history_and_model(tmp_path):
     data_dir = tmp_path / "data"
-    from core import demo_data
+    from core.data import demo_data
 
     demo_data.generate(data_dir, images_per_class=30)
     command = [sys.executable, "-m", "core", "train", "--data", str(data_dir), "--image-size", str(SIZE),

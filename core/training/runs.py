@@ -56,9 +56,6 @@ _WHERE_TO_WRITE = "Set TL_RUNS_DIR to a writable folder with free space, then tr
 _STATUS_LOCK = threading.RLock()
 
 
-def default_runs_dir() -> Path:
-    """The runs directory: `$TL_RUNS_DIR`, else `./runs`."""
-    return Path(os.environ.get("TL_RUNS_DIR") or "runs").expanduser().absolute()
 
 
 # --- which process owns a run --------------------------------------------------

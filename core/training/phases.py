@@ -21,9 +21,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from core import model as model_lib
 from core.config import TrainConfig
-from core.datasets import ImageData
+from core.data.datasets import ImageData
+from core.model import build as model_lib
 
 EXTRACT_BATCH = 32
 

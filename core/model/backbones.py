@@ -7,7 +7,6 @@ Every backbone is a `keras.applications` model loaded without its top
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -15,6 +14,7 @@ from typing import Callable
 import keras
 from keras import ops
 
+from core import settings
 from core.errors import UserError
 
 #: Preprocessing modes, as in `keras.applications.imagenet_utils.preprocess_input`,
@@ -61,7 +61,7 @@ class Backbone:
 
     def weights_cached(self, image_size: int) -> bool:
         """Whether the ImageNet weights for this size are already in the Keras cache."""
-        return (weights_cache_dir() / self.weights_file(image_size)).is_file()
+        return (settings.keras_models_dir() / self.weights_file(image_size)).is_file()
 
     def allowed_sizes(self, weights: str = "imagenet") -> str:
         """The input sizes this backbone accepts with these weights, in words."""
@@ -197,9 +197,6 @@ def _constant(values: tuple[float, ...], like):
     return ops.convert_to_tensor(values, dtype=like.dtype)
 
 
-def weights_cache_dir() -> Path:
-    """The folder Keras caches downloaded weights in: $KERAS_HOME/models."""
-    return Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "models"
 
 
 def get_backbone_spec(name: str) -> Backbone:
@@ -251,7 +248,7 @@ def _load_imagenet(spec: Backbone, input_shape: tuple[int, int, int]) -> keras.M
         if spec.weights_cached(input_shape[0]):
             raise
         raise WeightsUnavailableError(
-            spec.name, spec.weights_file(input_shape[0]), weights_cache_dir(), str(error)
+            spec.name, spec.weights_file(input_shape[0]), settings.keras_models_dir(), str(error)
         ) from error
 
 

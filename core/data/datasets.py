@@ -8,104 +8,51 @@ through `tf_dataset()` (tf.data: shuffle, batch, prefetch).
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from core import demo_data, files
+from core import settings
 from core.config import DataConfig
+from core.data import demo_data, files
+from core.data.image_data import (  # noqa: F401 (re-exported)
+    IMBALANCE_RATIO,
+    SPLITS,
+    ImageData,
+    check_usable,
+    class_counts_table,
+)
+from core.data.images import SkippedFile, is_image_file, load_images
+from core.data.tfds_source import load_tfds
 from core.errors import UserError
-from core.images import SkippedFile, is_image_file, load_images
 
-SPLITS = ("train", "validation", "test")
 _SPLIT_ALIASES = {"train": "train", "validation": "validation", "val": "validation", "valid": "validation", "test": "test"}
 #: Share of a given validation folder carved off as test when there is no test folder (the TF tutorial's 1/5).
 CARVED_TEST_SHARE = 0.2
-#: Largest / smallest class count above which classes are reported as unbalanced.
-IMBALANCE_RATIO = 3.0
 
 Progress = Callable[[int, int], None]
 
 
-@dataclass
-class ImageData:
-    """Images and labels per split, plus what the Data page reports about them."""
-
-    class_names: list[str]
-    splits: dict[str, tuple[np.ndarray, np.ndarray]]
-    description: str
-    skipped: list[SkippedFile] = field(default_factory=list)
-    image_sizes: list[tuple[int, int]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def counts(self) -> dict[str, list[int]]:
-        """Images per class for each split."""
-        return {
-            split: np.bincount(labels, minlength=self.num_classes).tolist()
-            for split, (_, labels) in self.splits.items()
-        }
-
-    def imbalance(self) -> float:
-        """Largest over smallest class count in the training split."""
-        train = self.counts()["train"]
-        return max(train) / max(min(train), 1)
-
-    def size_stats(self) -> dict[str, float]:
-        """Original image sizes: min / median / max of width and height."""
-        if not self.image_sizes:
-            return {}
-        sizes = np.asarray(self.image_sizes)
-        return {
-            f"{stat}_{axis}": float(fn(sizes[:, i]))
-            for i, axis in enumerate(("width", "height"))
-            for stat, fn in (("min", np.min), ("median", np.median), ("max", np.max))
-        }
-
-    def tf_dataset(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0):
-        """A batched tf.data pipeline of (float32 images in [0, 255], int32 labels)."""
-        import tensorflow as tf
-
-        images, labels = self.splits[split]
-        dataset = tf.data.Dataset.from_tensor_slices((images, labels))
-        if shuffle:
-            dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-        dataset = dataset.batch(batch_size).map(
-            lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE
-        )
-        return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-def data_root() -> Path:
-    """The folder the "folder" source is confined to: $TL_DATA_ROOT or ./data."""
-    return Path(os.environ.get("TL_DATA_ROOT") or "data").resolve()
 
 
 def load(config: DataConfig, root: Path | None = None, progress: Progress | None = None) -> ImageData:
     """Load the dataset `config` describes. `root` confines the folder source
-    (defaults to `data_root()`); the demo and zip sources live in the cache."""
+    (defaults to `settings.data_root()`); the demo and zip sources live in the cache."""
     if config.source == "demo":
         data = load_folder(demo_data.ensure_demo_dataset(), config, progress, description="Built-in demo: shapes")
     elif config.source == "folder":
-        data = load_folder(files.resolve_under_root(root or data_root(), config.name), config, progress)
+        data = load_folder(files.resolve_under_root(root or settings.data_root(), config.name), config, progress)
     elif config.source == "zip":
         data = load_folder(extract_zip(Path(config.name)), config, progress, description=f"Uploaded {Path(config.name).name}")
     elif config.source == "tfds":
-        from core.tfds_source import load_tfds
-
         data = load_tfds(config, progress)
     else:
         raise UserError(f"Unknown data source {config.source!r}.", "Use demo, tfds, folder or zip.")
     if config.test_folder:
-        replace_test_split(data, files.resolve_under_root(root or data_root(), config.test_folder), config.image_size)
+        replace_test_split(data, files.resolve_under_root(root or settings.data_root(), config.test_folder), config.image_size)
     return data
 
 
@@ -161,7 +108,7 @@ def load_cached(config: DataConfig, root: Path | None = None, progress: Progress
 def extract_zip(archive: Path, cache_dir: Path | None = None) -> Path:
     """Extract an uploaded zip once into the cache (keyed by its content) and return its data root."""
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()[:16]
-    target = Path(cache_dir or demo_data.default_cache_dir()) / "uploads" / digest
+    target = Path(cache_dir or settings.cache_dir()) / "uploads" / digest
     marker = target / ".root"
     if marker.is_file():
         return target / marker.read_text()
@@ -291,30 +238,3 @@ def _carve_test(assignment: np.ndarray, labels: np.ndarray, seed: int) -> np.nda
         members = rng.permutation(np.flatnonzero((assignment == "validation") & (labels == label)))
         result[members[: int(round(len(members) * CARVED_TEST_SHARE))]] = "test"
     return result.astype(str)
-
-
-def check_usable(data: ImageData) -> None:
-    counts = data.counts()
-    empty = [data.class_names[i] for i, n in enumerate(counts["train"]) if n == 0]
-    if empty:
-        raise UserError(
-            f"No usable training images for class(es): {', '.join(empty)}.",
-            "Check the skipped-file report: add readable images to those classes.",
-        )
-    if sum(counts["validation"]) == 0:
-        raise UserError("The validation split is empty.", "Add images or raise the validation fraction.")
-    ratio = data.imbalance()
-    if ratio > IMBALANCE_RATIO:
-        data.notes.append(
-            f"Classes are unbalanced: the largest has {ratio:.1f}x the images of the smallest. "
-            "Consider class weights when training."
-        )
-
-
-def class_counts_table(data: ImageData) -> list[dict]:
-    """Long-format rows (split, class, images) for charts and tables."""
-    return [
-        {"split": split, "class": data.class_names[i], "images": n}
-        for split, per_class in data.counts().items()
-        for i, n in enumerate(per_class)
-    ]

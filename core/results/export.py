@@ -39,8 +39,8 @@ _LOAD_HINT = (
 
 
 def _register_custom_layers() -> None:
-    """Import core.model so its serializable layers (Preprocess, InferenceMode) are registered."""
-    importlib.import_module("core.model")
+    """Import core.model.build so its serializable layers (Preprocess, InferenceMode) are registered."""
+    importlib.import_module("core.model.build")
 
 
 def load_model_safe(path) -> keras.Model:

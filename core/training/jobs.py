@@ -19,7 +19,7 @@ from collections import deque
 from typing import Callable
 
 from core.errors import UserError
-from core.runs import FAILED, FINISHED, QUEUED, RUNNING, STOPPED, Run
+from core.training.runs import FAILED, FINISHED, QUEUED, RUNNING, STOPPED, Run
 
 JOB_QUEUED = "queued"
 JOB_RUNNING = "running"

@@ -5,13 +5,13 @@ offline, a failed download becomes a UserError that says what to do.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from core import settings
 from core.config import DataConfig
+from core.data.image_data import SPLITS, ImageData, check_usable
 from core.errors import UserError
 
 #: Suggested datasets, with the split expressions that suit them.
@@ -35,9 +35,6 @@ def _check_splits(splits) -> None:
             raise UserError(f"Cannot read the split expression {split!r}.", _SPLIT_HINT) from None
 
 
-def tfds_data_dir() -> Path:
-    """$TFDS_DATA_DIR or TFDS' own default (~/tensorflow_datasets)."""
-    return Path(os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets")
 
 
 def describe(name: str) -> str:
@@ -46,16 +43,16 @@ def describe(name: str) -> str:
     info = builder.info
     count = f"{info.splits.total_num_examples:,} images, " if info.splits.total_num_examples else ""
     if builder.data_path.exists():
-        return f"{name}: {count}prepared in {tfds_data_dir()}"
+        return f"{name}: {count}prepared in {settings.tfds_data_dir()}"
     size = f" ({info.download_size})" if info.download_size else ""
-    return f"{name}: {count}downloads{size} into {tfds_data_dir()} on first use"
+    return f"{name}: {count}downloads{size} into {settings.tfds_data_dir()} on first use"
 
 
 def _builder(name: str):
     import tensorflow_datasets as tfds
 
     try:
-        return tfds.builder(name, data_dir=str(tfds_data_dir()))
+        return tfds.builder(name, data_dir=str(settings.tfds_data_dir()))
     except Exception as error:  # DatasetNotFoundError and friends
         raise UserError(
             f"TensorFlow Datasets has no dataset {name!r}.",
@@ -67,7 +64,6 @@ def load_tfds(config: DataConfig, progress: Callable[[int, int], None] | None = 
     """Download (if needed) and load `config.name` with `config.tfds_splits`, resized to uint8 arrays."""
     import tensorflow as tf
 
-    from core.datasets import SPLITS, ImageData, check_usable
 
     _check_splits(config.tfds_splits)
     builder = _builder(config.name)
@@ -75,7 +71,7 @@ def load_tfds(config: DataConfig, progress: Callable[[int, int], None] | None = 
         builder.download_and_prepare()
     except Exception as error:
         raise UserError(
-            f"Could not download the TFDS dataset {config.name!r} into {tfds_data_dir()}: "
+            f"Could not download the TFDS dataset {config.name!r} into {settings.tfds_data_dir()}: "
             f"{type(error).__name__}: {str(error)[:200]}",
             "Connect to the internet once (TFDS keeps a prepared copy), copy a prepared copy into that "
             "directory (or set TFDS_DATA_DIR), or use the built-in demo, a folder or a zip upload instead.",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from core.config import DataConfig, TrainConfig
 from core.errors import UserError
-from core.runs import HISTORY_PHASES, Run
+from core.training.runs import HISTORY_PHASES, Run
 
 #: The validation metrics overlaid when runs are compared.
 CURVE_METRICS = ("accuracy", "loss")

@@ -16,15 +16,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from core import settings
+
 CLASSES = ("circle", "square", "triangle", "star")
 IMAGES_PER_CLASS = 120
 IMAGE_SIZE = 128
 _VERSION = "demo-shapes-v1"
 
 
-def default_cache_dir() -> Path:
-    """Where generated and extracted data lives: $TL_CACHE_DIR or ~/.cache/tl-dashboard."""
-    return Path(os.environ.get("TL_CACHE_DIR") or Path.home() / ".cache" / "tl-dashboard")
 
 
 def _polygon(shape: str, cx: float, cy: float, radius: float, angle: float) -> list[tuple[float, float]]:
@@ -71,7 +70,7 @@ def generate(directory: Path, images_per_class: int = IMAGES_PER_CLASS, seed: in
 def ensure_demo_dataset(cache_dir: Path | None = None) -> Path:
     """The demo dataset's folder, generating it on first use (atomically, so a
     half-written dataset is never picked up)."""
-    target = Path(cache_dir or default_cache_dir()) / _VERSION
+    target = Path(cache_dir or settings.cache_dir()) / _VERSION
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,97 @@
+"""`ImageData`: the images and labels of every split, the one type all data sources produce.
+
+A leaf module (it imports nothing else from `core.data`), so every source can
+build one without importing the others.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from core.data.images import SkippedFile
+from core.errors import UserError
+
+SPLITS = ("train", "validation", "test")
+#: Largest / smallest class count above which classes are reported as unbalanced.
+IMBALANCE_RATIO = 3.0
+
+
+@dataclass
+class ImageData:
+    """Images and labels per split, plus what the Data page reports about them."""
+
+    class_names: list[str]
+    splits: dict[str, tuple[np.ndarray, np.ndarray]]
+    description: str
+    skipped: list[SkippedFile] = field(default_factory=list)
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def counts(self) -> dict[str, list[int]]:
+        """Images per class for each split."""
+        return {
+            split: np.bincount(labels, minlength=self.num_classes).tolist()
+            for split, (_, labels) in self.splits.items()
+        }
+
+    def imbalance(self) -> float:
+        """Largest over smallest class count in the training split."""
+        train = self.counts()["train"]
+        return max(train) / max(min(train), 1)
+
+    def size_stats(self) -> dict[str, float]:
+        """Original image sizes: min / median / max of width and height."""
+        if not self.image_sizes:
+            return {}
+        sizes = np.asarray(self.image_sizes)
+        return {
+            f"{stat}_{axis}": float(fn(sizes[:, i]))
+            for i, axis in enumerate(("width", "height"))
+            for stat, fn in (("min", np.min), ("median", np.median), ("max", np.max))
+        }
+
+    def tf_dataset(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0):
+        """A batched tf.data pipeline of (float32 images in [0, 255], int32 labels)."""
+        import tensorflow as tf
+
+        images, labels = self.splits[split]
+        dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+        if shuffle:
+            dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.batch(batch_size).map(
+            lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE
+        )
+        return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def check_usable(data: ImageData) -> None:
+    counts = data.counts()
+    empty = [data.class_names[i] for i, n in enumerate(counts["train"]) if n == 0]
+    if empty:
+        raise UserError(
+            f"No usable training images for class(es): {', '.join(empty)}.",
+            "Check the skipped-file report: add readable images to those classes.",
+        )
+    if sum(counts["validation"]) == 0:
+        raise UserError("The validation split is empty.", "Add images or raise the validation fraction.")
+    ratio = data.imbalance()
+    if ratio > IMBALANCE_RATIO:
+        data.notes.append(
+            f"Classes are unbalanced: the largest has {ratio:.1f}x the images of the smallest. "
+            "Consider class weights when training."
+        )
+
+
+
+def class_counts_table(data: ImageData) -> list[dict]:
+    """Long-format rows (split, class, images) for charts and tables."""
+    return [
+        {"split": split, "class": data.class_names[i], "images": n}
+        for split, per_class in data.counts().items()
+        for i, n in enumerate(per_class)
+    ]

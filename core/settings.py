@@ -1,0 +1,35 @@
+"""Every environment variable the project reads, in one place.
+
+Each function reads its variable when called (not at import), so tests and a
+server's environment can set them late. Keras reads `KERAS_HOME` itself, once,
+when it is first imported; `keras_models_dir` only says where that is.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def data_root() -> Path:
+    """The only folder the "folder" source may read from: `$TL_DATA_ROOT`, else `./data`."""
+    return Path(os.environ.get("TL_DATA_ROOT") or "data").resolve()
+
+
+def runs_dir() -> Path:
+    """Where run directories are written: `$TL_RUNS_DIR`, else `./runs`."""
+    return Path(os.environ.get("TL_RUNS_DIR") or "runs").expanduser().absolute()
+
+
+def cache_dir() -> Path:
+    """Generated demo data and extracted uploads: `$TL_CACHE_DIR`, else `~/.cache/tl-dashboard`."""
+    return Path(os.environ.get("TL_CACHE_DIR") or Path.home() / ".cache" / "tl-dashboard")
+
+
+def keras_models_dir() -> Path:
+    """The folder Keras caches downloaded weights in: `$KERAS_HOME/models` (default `~/.keras/models`)."""
+    return Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "models"
+
+
+def tfds_data_dir() -> Path:
+    """TensorFlow Datasets' download and prepare folder: `$TFDS_DATA_DIR`, else `~/tensorflow_datasets`."""
+    return Path(os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets")
