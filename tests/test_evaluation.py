@@ -221,3 +221,29 @@ def test_predict_probabilities_from_dataset_matches_arrays():
     assert from_arrays.shape == (5, 3)
     np.testing.assert_allclose(from_dataset, from_arrays, rtol=1e-6)
     np.testing.assert_array_equal(from_arrays.argmax(axis=1), labels)
+
+
+def test_interpretation_predicts_once_and_its_views_agree():
+    import keras
+
+    from core.results.evaluation import Interpretation
+
+    calls = []
+
+    class Counting(keras.Model):
+        def call(self, x):
+            calls.append(1)
+            return keras.ops.stack([x[:, 0, 0, 0], 255.0 - x[:, 0, 0, 0]], axis=1) / 50.0
+
+    images = np.zeros((6, 2, 2, 3), "float32")
+    images[:, 0, 0, 0] = [250, 240, 10, 5, 200, 30]  # high -> class 0, low -> class 1
+    labels = np.array([0, 0, 1, 1, 1, 0])  # samples 4 and 5 are mistakes
+    interp = Interpretation.from_model(Counting(), images, labels, ["a", "b"])
+    assert len(calls) == 1
+    assert interp.predicted.tolist() == [0, 0, 1, 1, 0, 1]
+    assert interp.confusion_matrix().tolist() == [[2, 1], [1, 2]]
+    assert sorted(interp.top_losses(5)) == [4, 5]
+    report = interp.report()
+    assert report["accuracy"] == 4 / 6
+    assert report["confusion_matrix"] == interp.confusion_matrix().tolist()
+    assert [p["loss"] for p in report["predictions"]] == interp.losses.tolist()

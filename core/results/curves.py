@@ -1,15 +1,15 @@
 """Learning curves from a run's per-epoch history (pure data, no plotting)."""
 from __future__ import annotations
 
+import pandas as pd
+
 METRICS = ("accuracy", "loss")
 
 
 def smooth(values: list[float], factor: float = 0.8) -> list[float]:
-    """Exponential moving average, as Deep Learning with Python plots noisy curves."""
-    smoothed: list[float] = []
-    for value in values:
-        smoothed.append(smoothed[-1] * factor + value * (1 - factor) if smoothed else value)
-    return smoothed
+    """Exponential moving average, as Deep Learning with Python plots noisy curves:
+    s[0] = v[0], s[i] = factor * s[i-1] + (1 - factor) * v[i] (pandas' `ewm`, adjust=False)."""
+    return pd.Series(values, dtype="float64").ewm(alpha=1 - factor, adjust=False).mean().tolist()
 
 
 def fine_tune_start(history: list[dict]) -> int | None:

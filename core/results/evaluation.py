@@ -7,6 +7,8 @@ never divide by zero: an undefined precision, recall or F1 is reported as 0.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from core.errors import UserError
@@ -137,38 +139,79 @@ def top_losses(y_true, probs: np.ndarray, k: int) -> list[int]:
     return [int(i) for i in wrong[order][:k]]
 
 
-def evaluate(model, images, labels, class_names, batch_size: int = 64) -> dict:
-    """Evaluate `model` on raw images and their labels; a JSON-serialisable report.
+@dataclass(frozen=True)
+class Interpretation:
+    """One model's predictions on one labelled set, computed once; then every view of them.
 
-    Keys: accuracy, loss, per_class, macro, weighted, confusion_matrix (rows =
-    true class), class_names and predictions, one {label, predicted,
-    confidence, loss} per sample in input order (confidence is the probability
-    of the predicted class), so a gallery can sort the mistakes by loss.
+    Follows fastai's `ClassificationInterpretation`: predict once, then
+    `report()`, `confusion_matrix()` and `top_losses(k)`. The Evaluate page, the
+    CLI's `evaluate` and the end of each training phase share it.
+
+    probs: (N, C) float64 class probabilities; labels: (N,) int64 true classes;
+    class_names: C names in output order.
     """
-    class_names = [str(name) for name in class_names]
-    probs = predict_probabilities(model, images, batch_size=batch_size)
-    if probs.shape[1] != len(class_names):
-        raise UserError(
-            f"The model predicts {probs.shape[1]} classes but the data has "
-            f"{len(class_names)} ({', '.join(class_names)}).",
-            "Evaluate the model on the dataset it was trained for, or train a new model for this one.",
+
+    probs: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+
+    @classmethod
+    def from_model(cls, model, images, labels, class_names, batch_size: int = 64) -> Interpretation:
+        """Predict raw images (N, S, S, 3) in [0, 255] once.
+
+        Raises UserError when the model's number of outputs does not match the classes.
+        """
+        class_names = [str(name) for name in class_names]
+        probs = predict_probabilities(model, images, batch_size=batch_size)
+        if probs.shape[1] != len(class_names):
+            raise UserError(
+                f"The model predicts {probs.shape[1]} classes but the data has "
+                f"{len(class_names)} ({', '.join(class_names)}).",
+                "Evaluate the model on the dataset it was trained for, or train a new model for this one.",
+            )
+        return cls(probs, class_indices(labels), class_names)
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """(N,) int64: the most probable class of each sample."""
+        return self.probs.argmax(axis=1)
+
+    @property
+    def losses(self) -> np.ndarray:
+        """(N,) float64: each sample's cross-entropy (nats)."""
+        return sample_losses(self.labels, self.probs)
+
+    def confusion_matrix(self) -> np.ndarray:
+        """(C, C) int64 counts, rows = true class, columns = predicted."""
+        return confusion_matrix(self.labels, self.predicted, len(self.class_names))
+
+    def top_losses(self, k: int) -> list[int]:
+        """Indices of at most `k` mistakes, the most confident first (see `top_losses`)."""
+        return top_losses(self.labels, self.probs, k)
+
+    def report(self) -> dict:
+        """A JSON-serialisable report.
+
+        Keys: accuracy, loss, per_class, macro, weighted, confusion_matrix (rows =
+        true class), class_names and predictions, one {label, predicted,
+        confidence, loss} per sample in input order (confidence is the probability
+        of the predicted class), so a gallery can sort the mistakes by loss.
+        """
+        predicted, losses = self.predicted, self.losses
+        report = classification_report(self.labels, predicted, self.class_names)
+        report.update(
+            loss=float(losses.mean()),
+            confusion_matrix=self.confusion_matrix().tolist(),
+            class_names=list(self.class_names),
+            predictions=[
+                {"label": int(label), "predicted": int(guess), "confidence": float(self.probs[i, guess]),
+                 "loss": float(losses[i])}
+                for i, (label, guess) in enumerate(zip(self.labels, predicted))
+            ],
         )
-    y_true = class_indices(labels)
-    y_pred = probs.argmax(axis=1)
-    losses = sample_losses(y_true, probs)
-    report = classification_report(y_true, y_pred, class_names)
-    report.update(
-        loss=float(losses.mean()),
-        confusion_matrix=confusion_matrix(y_true, y_pred, len(class_names)).tolist(),
-        class_names=class_names,
-        predictions=[
-            {
-                "label": int(label),
-                "predicted": int(predicted),
-                "confidence": float(probs[i, predicted]),
-                "loss": float(losses[i]),
-            }
-            for i, (label, predicted) in enumerate(zip(y_true, y_pred))
-        ],
-    )
-    return report
+        return report
+
+
+def evaluate(model, images, labels, class_names, batch_size: int = 64) -> dict:
+    """`Interpretation.from_model(...).report()`: predict raw images once and report."""
+    return Interpretation.from_model(model, images, labels, class_names, batch_size).report()
