@@ -82,7 +82,7 @@ def safe_extract_zip(
     link or encryption, more than `max_files` files, more than
     `max_total_bytes` declared or actually written, or a compression ratio
     above `max_ratio`. Backslashes count as folder separators. Junk such as
-    `__MACOSX/`, `.DS_Store`, `._*` and `Thumbs.db` is skipped.
+    hidden and tool folders (`__MACOSX/`, `.git/`...), `.DS_Store`, `._*` and `Thumbs.db` is skipped.
 
     Args:
         archive: path of the archive, or a seekable binary file object
