@@ -59,7 +59,9 @@ def train(args: argparse.Namespace) -> dict:
 
     from core import config as config_io
     from core.config import DEFAULT_FINE_TUNE, RunConfig
+    from core.data.report import REPORT_FILE, format_report
     from core.model import augmentation
+    from core.results.chance import chance_level_warning
     from core.training import runs
     from core.training.jobs import JobManager
     from core.workflow import full_job
@@ -70,7 +72,8 @@ def train(args: argparse.Namespace) -> dict:
         data = dataclasses.replace(data, source="folder", name=str(Path(args.data).resolve()))
     if args.test_data:
         data = dataclasses.replace(data, test_folder=str(Path(args.test_data).resolve()))
-    data = _replace(data, image_size=args.image_size, seed=args.seed, batch_size=args.batch_size)
+    data = _replace(data, image_size=args.image_size, seed=args.seed, batch_size=args.batch_size,
+                    drop_duplicates=args.drop_duplicates or None)
     model = _replace(run_config.model, backbone=args.backbone, weights=args.weights)
     head = _replace(run_config.head, epochs=args.head_epochs, fast_path=False if args.no_fast_path else None)
     fine_tune = run_config.fine_tune
@@ -91,6 +94,9 @@ def train(args: argparse.Namespace) -> dict:
     root = Path("/") if Path(data.name).is_absolute() else settings.data_root()
     job = manager.submit(run, lambda run, progress: full_job(run, progress, data_root=root))
     _follow(manager, job)
+    report = run.read_json(REPORT_FILE, default=None)
+    if report:
+        print(format_report(report), file=sys.stderr)
     status = run.status()
     if status["status"] == runs.FAILED:
         raise UserError(f"Training failed: {status.get('error')}", status.get("hint") or f"See {run.path / runs.LOG_FILE}.")
@@ -98,7 +104,11 @@ def train(args: argparse.Namespace) -> dict:
     head_metrics, fine_metrics = metrics.get("head", {}), metrics.get("fine_tune", {})
     last = fine_metrics or head_metrics
     seconds = [head_metrics.get("seconds", 0.0), fine_metrics.get("seconds", 0.0)]
+    warning = chance_level_warning(last.get("val_accuracy"), list((report or {}).get("counts", {}).get("validation", {}).values()))
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     return {
+        "chance_level_warning": warning,
         "run_dir": str(run.path), "status": status["status"],
         "head_val_accuracy": head_metrics.get("val_accuracy"), "val_accuracy": last.get("val_accuracy"),
         "head_test_accuracy": head_metrics.get("test_accuracy"), "test_accuracy": last.get("test_accuracy"),
@@ -196,6 +206,8 @@ def _add_train(commands) -> None:
     parser.add_argument("--fine-tune-at", help="all, a layer index or a layer name")
     parser.add_argument("--no-fast-path", action="store_true", help="run the whole model every epoch")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--drop-duplicates", action="store_true",
+                        help="leave out validation/test images that copy a training image")
     parser.add_argument("--runs-dir")
     parser.add_argument("--config", help="a run's config.json (e.g. exported from the dashboard)")
     parser.set_defaults(command=train)

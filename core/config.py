@@ -23,6 +23,8 @@ class DataConfig:
     tfds_splits: split expressions for train, validation and test (TFDS only).
     test_folder: an optional separate folder of class folders used as the test split.
     val_fraction, test_fraction: used when a folder has no split folders.
+    drop_duplicates: leave out validation/test images that copy a training image
+        (see `core.data.leakage`); otherwise they are only reported.
     """
 
     source: str = "demo"
@@ -34,6 +36,7 @@ class DataConfig:
     image_size: int = 160
     batch_size: int = 32
     seed: int = 1337
+    drop_duplicates: bool = False
 
 
 @dataclass(frozen=True)

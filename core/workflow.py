@@ -19,6 +19,7 @@ import keras
 from core.config import RunConfig, TrainConfig
 from core.data import datasets
 from core.data.datasets import ImageData
+from core.data.report import REPORT_FILE, data_report
 from core.errors import UserError
 from core.model.augmentation import build_augmentation
 from core.model.build import build_model, first_trainable_index, get_backbone
@@ -31,10 +32,16 @@ load_data = datasets.load_cached
 
 
 def _data(run: Run, progress, root: Path | None) -> tuple[RunConfig, ImageData]:
+    """The run's data, with its report kept as `data_report.json`; a refused dataset
+    fails the run as a data error (message and hint, no traceback)."""
     config = run.config
     if progress is not None:
         progress.update(stage="loading data")
-    data = load_data(config.data, root, None if progress is None else _data_progress(progress))
+    try:
+        data = load_data(config.data, root, None if progress is None else _data_progress(progress))
+    except UserError as error:
+        raise UserError(f"Data refused before training: {error.message}", error.hint) from None
+    run.write_json(REPORT_FILE, data_report(data))
     return config, data
 
 

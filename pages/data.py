@@ -11,6 +11,7 @@ import streamlit as st
 from core import settings
 from core.config import GUIDE_TFDS_SPLITS, DataConfig
 from core.data import datasets
+from core.data.images import count_by_reason
 from core.data.tfds_source import SUGGESTED, describe
 from pages._common import current_data, image_grid, state, user_errors
 
@@ -21,6 +22,8 @@ SOURCES = {
     "zip": "Upload a .zip",
 }
 IMAGE_SIZES = [96, 128, 160, 192, 224, 299]
+#: Duplicate pairs shown as thumbnails (all of them are in the run's data report).
+MAX_PAIRS = 12
 
 
 def keep_upload(upload) -> Path:
@@ -74,6 +77,8 @@ with st.form("data_form"):
     image_size = cols[2].selectbox("Image size (px)", IMAGE_SIZES, index=IMAGE_SIZES.index(config.image_size))
     batch_size = cols[3].selectbox("Batch size", [8, 16, 32, 64, 128], index=[8, 16, 32, 64, 128].index(config.batch_size))
     seed = st.number_input("Seed", value=config.seed, step=1, help="Controls every random choice: split, shuffling, augmentation.")
+    drop_duplicates = st.checkbox("Drop validation/test images that duplicate training images", config.drop_duplicates,
+                                  help="Byte-, pixel- or near-identical copies of training images inflate every score.")
     if st.form_submit_button("Load dataset", type="primary"):
         if source in ("folder", "zip") and not name:
             st.warning("Choose a folder or upload a zip first.")
@@ -81,6 +86,7 @@ with st.form("data_form"):
             st.session_state["data_config"] = DataConfig(
                 source=source, name=name, tfds_splits=splits, val_fraction=val_fraction,
                 test_fraction=test_fraction, image_size=image_size, batch_size=batch_size, seed=int(seed),
+                drop_duplicates=drop_duplicates,
             )
 
 data = current_data()
@@ -118,6 +124,23 @@ if data is not None:
 
     st.markdown(f"#### Skipped files ({len(data.skipped)})")
     if data.skipped:
+        st.caption(" · ".join(f"{n} {reason}" for reason, n in count_by_reason(data.skipped).items()))
         st.dataframe(pd.DataFrame([{"file": s.path, "reason": s.reason} for s in data.skipped]), hide_index=True)
     else:
         st.caption("No file was skipped.")
+    if data.ignored:
+        st.caption(f"Hidden and tool folders ignored: {', '.join(data.ignored)}")
+
+    st.markdown(f"#### Duplicates of training images in validation/test ({len(data.duplicates)})")
+    if data.duplicates:
+        st.caption("Each pair: the validation/test image, then the training image it copies.")
+        shown = data.duplicates[:MAX_PAIRS]
+        thumbs, captions = [], []
+        for pair in shown:
+            thumbs += [data.splits[pair.split][0][pair.index], data.splits["train"][0][pair.train_index]]
+            captions += [f"{pair.split}: {Path(pair.source).name} ({pair.kind})", f"train: {Path(pair.train_source).name}"]
+        image_grid(np.stack(thumbs), captions, columns=4)
+        if len(data.duplicates) > MAX_PAIRS:
+            st.caption(f"First {MAX_PAIRS} pairs of {len(data.duplicates)}.")
+    else:
+        st.caption("None found: no validation or test image copies a training image.")

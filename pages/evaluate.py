@@ -173,7 +173,8 @@ def predict_uploads(uploads, run: runs.Run, kind: str) -> None:
 
 
 st.title("Evaluate")
-st.caption("How well the trained models do on the test split, which they never saw in training.")
+st.caption("How well the trained models do on the test split, held out from training "
+           "(copies of training images in it are flagged below).")
 
 candidates = [run for run in runs.list_runs(runs_dir()) if has_model(run)]
 if not candidates:
@@ -187,10 +188,14 @@ run = by_id[st.selectbox("Run", ids, index=ids.index(default_run(candidates).id)
 try:
     kinds = ["head", "final"] if is_fine_tuned(run) else ["head"]
     reports = {kind: test_report(str(run.path), kind, model_version(run, kind)) for kind in kinds}
-    images, labels = load_data(run.config.data).splits["test"]
+    test_data = load_data(run.config.data)
+    images, labels = test_data.splits["test"]
 except UserError as error:
     show_error(error)
     st.stop()
+if leaks := [d for d in test_data.duplicates if d.split == "test"]:
+    st.warning(f"{len(leaks)} of the {len(labels):,} test images duplicate training images, so the model has seen "
+               "them: the test scores are inflated. Drop them on the Data page.", icon=":material/warning:")
 
 headline(reports)
 kind = st.radio("Model to inspect", kinds[::-1], format_func=KINDS.get, horizontal=True,

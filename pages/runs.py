@@ -9,6 +9,7 @@ import streamlit as st
 
 from core import workflow
 from core.config import RunConfig
+from core.data.report import REPORT_FILE
 from core.errors import UserError
 from core.results import compare, export
 from core.training import runs
@@ -167,7 +168,8 @@ def manage_run(rows: list[dict]) -> None:
     run_id = st.selectbox("Run", ids, index=ids.index(current) if current in ids else 0,
                           format_func=labels.get, key="runs_selected")
     run = runs.Run(runs_dir() / run_id)
-    load, export_tab, config_tab, delete_tab = st.tabs(["Load into session", "Export model", "Config", "Delete"])
+    load, export_tab, config_tab, delete_tab, data_tab = st.tabs(
+        ["Load into session", "Export model", "Config", "Delete", "Data"])
     with load:
         st.caption("Use this run's data, augmentation, model and training settings in the workflow pages, "
                    "e.g. to fine-tune its head further or to evaluate it.")
@@ -187,6 +189,27 @@ def manage_run(rows: list[dict]) -> None:
             st.code(text, language="json")
     with delete_tab:
         delete_panel(run)
+    with data_tab:
+        data_report_panel(run)
+
+
+def data_report_panel(run: runs.Run) -> None:
+    """The data the run was trained and measured on (its `data_report.json`)."""
+    report = run.read_json(REPORT_FILE, default=None)
+    if not report:
+        st.caption("This run has no data report (it was refused before loading, or predates data reports).")
+        return
+    st.markdown(f"**{report['description']}**")
+    st.dataframe(pd.DataFrame(report["counts"]).rename_axis("class"))
+    for note in report["notes"]:
+        st.warning(note, icon=":material/warning:")
+    skipped = report["skipped_by_reason"]
+    st.caption(f"Skipped files: {sum(skipped.values())}" + "".join(f" · {n} {reason}" for reason, n in skipped.items()))
+    if report["skipped"]:
+        st.dataframe(pd.DataFrame(report["skipped"]), hide_index=True)
+    if report["duplicates"]:
+        st.markdown(f"Validation/test images that duplicate training images: {report['duplicate_count']}")
+        st.dataframe(pd.DataFrame(report["duplicates"])[["split", "source", "train_source", "kind"]], hide_index=True)
 
 
 def _status(rows: list[dict], run_id: str) -> str:

@@ -5,7 +5,9 @@ import streamlit as st
 
 from core import workflow
 from core.config import RunConfig
+from core.data.report import REPORT_FILE
 from core.model.build import OPTIMIZERS
+from core.results.chance import chance_level_warning
 from core.training import runs
 from pages._common import current_data, job_manager, runs_dir, state, user_errors
 from pages._training import attached_run_id, job_panel, preset_of, within
@@ -29,7 +31,12 @@ def head_results(run) -> None:
     if head_metrics:
         cols[3].metric("Training path", "features" if head_metrics.get("path") == "features" else "full model",
                        help=f"{head_metrics.get('seconds', 0):.1f} s")
-    st.success("Head trained. Next: Fine-tune, at a much lower learning rate.", icon=":material/check_circle:")
+    validation = run.read_json(REPORT_FILE, default={}).get("counts", {}).get("validation", {})
+    warning = chance_level_warning(head_metrics.get("val_accuracy"), list(validation.values()))
+    if warning:
+        st.warning(warning, icon=":material/warning:")
+    else:
+        st.success("Head trained. Next: Fine-tune, at a much lower learning rate.", icon=":material/check_circle:")
 
 
 st.title("Train head")

@@ -17,7 +17,7 @@ import numpy as np
 
 from core import settings
 from core.config import DataConfig
-from core.data import demo_data, files
+from core.data import demo_data, files, leakage
 from core.data.image_data import (  # noqa: F401 (re-exported)
     IMBALANCE_RATIO,
     SPLITS,
@@ -25,11 +25,11 @@ from core.data.image_data import (  # noqa: F401 (re-exported)
     check_usable,
     class_counts_table,
 )
-from core.data.images import SkippedFile, is_image_file, load_images
+from core.data.images import SkippedFile, count_by_reason, load_images
+from core.data.scanning import scan_folder
 from core.data.tfds_source import load_tfds
 from core.errors import UserError
 
-_SPLIT_ALIASES = {"train": "train", "validation": "validation", "val": "validation", "valid": "validation", "test": "test"}
 #: Share of a given validation folder carved off as test when there is no test folder (the TF tutorial's 1/5).
 CARVED_TEST_SHARE = 0.2
 
@@ -39,12 +39,20 @@ Progress = Callable[[int, int], None]
 
 
 def load(config: DataConfig, root: Path | None = None, progress: Progress | None = None) -> ImageData:
-    """Load the dataset `config` describes. `root` confines the folder source
-    (defaults to `settings.data_root()`); the demo and zip sources live in the cache."""
+    """Load the dataset `config` describes, then look for leakage between its splits.
+
+    `root` confines the folder source (defaults to `settings.data_root()`): the
+    chosen folder and every link inside it must stay under it. The demo and zip
+    sources live in the cache and are confined to their own folder.
+
+    Raises:
+        UserError: the data cannot be used (its message names the cause and what was found).
+    """
+    root = Path(root or settings.data_root())
     if config.source == "demo":
         data = load_folder(demo_data.ensure_demo_dataset(), config, progress, description="Built-in demo: shapes")
     elif config.source == "folder":
-        data = load_folder(files.resolve_under_root(root or settings.data_root(), config.name), config, progress)
+        data = load_folder(files.resolve_under_root(root, config.name), config, progress, root=root)
     elif config.source == "zip":
         data = load_folder(extract_zip(Path(config.name)), config, progress, description=f"Uploaded {Path(config.name).name}")
     elif config.source == "tfds":
@@ -52,26 +60,41 @@ def load(config: DataConfig, root: Path | None = None, progress: Progress | None
     else:
         raise UserError(f"Unknown data source {config.source!r}.", "Use demo, tfds, folder or zip.")
     if config.test_folder:
-        replace_test_split(data, files.resolve_under_root(root or settings.data_root(), config.test_folder), config.image_size)
+        replace_test_split(data, files.resolve_under_root(root, config.test_folder), config.image_size, root)
+    data.duplicates = leakage.find_duplicates(data)
+    if data.duplicates and config.drop_duplicates:
+        leakage.drop_duplicates(data, data.duplicates)
+        check_usable(data)
+    elif data.duplicates:
+        data.notes.append(leakage.summary(data.duplicates))
     return data
 
 
-def replace_test_split(data: ImageData, folder: Path, image_size: int) -> None:
+def replace_test_split(data: ImageData, folder: Path, image_size: int, root: Path | None = None) -> None:
     """Use the images in `folder` as the test split (see `load_labelled`)."""
-    images, labels, skipped = load_labelled(folder, data.class_names, image_size)
+    images, labels, skipped, paths, digests = _labelled(folder, data.class_names, image_size, root)
     data.splits["test"] = (images, labels)
+    data.sources["test"], data.digests["test"] = paths, digests
     data.skipped += skipped
     data.notes.append(f"Test split: {len(labels)} images from {folder}.")
 
 
-def load_labelled(folder: Path, class_names: list[str], image_size: int):
+def load_labelled(folder: Path, class_names: list[str], image_size: int, root: Path | None = None):
     """Images and labels of a held-out folder, labelled with known `class_names`.
 
     `folder` holds class folders, or split folders whose test (else validation)
-    split is used. Returns (images, labels, skipped files).
+    split is used; links leading outside `root` (default: `folder`) are skipped.
+    Returns ((N, size, size, 3) uint8 images, (N,) int32 labels, skipped files).
+
+    Raises:
+        UserError: `folder` has classes outside `class_names`.
     """
-    layout, skipped, _ = scan_folder(Path(folder))
-    classes = layout.get("test") or layout.get("validation") or layout["all"]
+    return _labelled(folder, class_names, image_size, root)[:3]
+
+
+def _labelled(folder: Path, class_names: list[str], image_size: int, root: Path | None):
+    scan = scan_folder(Path(folder), root)
+    classes = scan.layout.get("test") or scan.layout.get("validation") or scan.layout["all"]
     unknown = sorted(set(classes) - set(class_names))
     if unknown:
         raise UserError(
@@ -81,7 +104,8 @@ def load_labelled(folder: Path, class_names: list[str], image_size: int):
     paths = [str(p) for paths in classes.values() for p in paths]
     labels = np.asarray([class_names.index(name) for name, paths in classes.items() for _ in paths], "int32")
     loaded = load_images(paths, image_size)
-    return loaded.images, labels[loaded.kept], skipped + loaded.skipped
+    return (loaded.images, labels[loaded.kept], scan.skipped + loaded.skipped,
+            [paths[i] for i in loaded.kept], loaded.digests)
 
 
 _CACHE: OrderedDict = OrderedDict()
@@ -118,67 +142,31 @@ def extract_zip(archive: Path, cache_dir: Path | None = None) -> Path:
     return data
 
 
-def scan_folder(folder: Path) -> tuple[dict[str, dict[str, list[Path]]], list[SkippedFile], list[str]]:
-    """Find image files by split and class.
+def load_folder(folder: Path, config: DataConfig, progress: Progress | None = None, description: str = "",
+                root: Path | None = None) -> ImageData:
+    """Load `folder` in either layout (see `core.data.scanning.scan_folder`), decode and split it.
 
-    Returns ({split: {class: [files]}}, skipped files, notes). A folder whose
-    subfolders are train/validation[/test] is used as given (split key per
-    folder); otherwise its subfolders are classes (split key "all").
+    Links that resolve outside `root` (default: `folder`) are skipped and reported.
+
+    Raises:
+        UserError: fewer than two classes with images, a class too small for the
+            split, or a class none of whose files could be read; each message
+            says what was found instead (files skipped, counted by reason).
     """
-    if not folder.is_dir():
-        raise UserError(f"{folder} is not a folder.", "Choose a folder that holds one subfolder per class.")
-    subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    split_folders = {_SPLIT_ALIASES[p.name.lower()]: p for p in subfolders if p.name.lower() in _SPLIT_ALIASES}
-    skipped: list[SkippedFile] = []
-    notes: list[str] = []
-    if "train" in split_folders:
-        skipped += _loose_files(folder)
-        if "validation" not in split_folders:
-            raise UserError(
-                f"{folder} has a train folder but no validation folder.",
-                "Add validation/<class>/ images, or put the class folders directly in the top folder.",
-            )
-        layout = {split: _scan_classes(path, skipped, notes) for split, path in split_folders.items()}
-    else:
-        layout = {"all": _scan_classes(folder, skipped, notes)}
-    return layout, skipped, notes
-
-
-def _loose_files(folder: Path) -> list[SkippedFile]:
-    return [SkippedFile(str(p), "not inside a class folder") for p in sorted(folder.iterdir()) if p.is_file()]
-
-
-def _scan_classes(folder: Path, skipped: list[SkippedFile], notes: list[str]) -> dict[str, list[Path]]:
-    skipped += _loose_files(folder)
-    classes: dict[str, list[Path]] = {}
-    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        images = []
-        for path in sorted(class_dir.rglob("*")):
-            if path.is_file() and not path.name.startswith("."):
-                if is_image_file(path):
-                    images.append(path)
-                else:
-                    skipped.append(SkippedFile(str(path), "not an image file type"))
-        if images:
-            classes[class_dir.name] = images
-        else:
-            notes.append(f"Class folder {class_dir.name!r} in {folder.name} has no images and was left out.")
-    return classes
-
-
-def load_folder(folder: Path, config: DataConfig, progress: Progress | None = None, description: str = "") -> ImageData:
-    """Load `folder` in either layout (see `scan_folder`), decode and split it."""
-    layout, skipped, notes = scan_folder(Path(folder))
-    class_names = sorted({name for classes in layout.values() for name in classes})
+    scan = scan_folder(Path(folder), root)
+    skipped, notes = scan.skipped, scan.notes
+    if scan.ignored:
+        notes.append(f"Ignored {len(scan.ignored)} hidden or tool folder(s): {_listing(scan.ignored)}.")
+    class_names = sorted({name for classes in scan.layout.values() for name in classes})
     if len(class_names) < 2:
         found = f"only {class_names[0]!r}" if class_names else "none"
         raise UserError(
-            f"{folder} needs at least two classes with images; found {found}.",
+            f"{scan.folder} needs at least two classes with images; found {found}.{_found_instead(skipped)}",
             "Put each class's images in its own subfolder (e.g. cats/, dogs/).",
         )
     index = {name: i for i, name in enumerate(class_names)}
     paths, labels, groups = [], [], []
-    for split, classes in layout.items():
+    for split, classes in scan.layout.items():
         for name, class_files in classes.items():
             paths += class_files
             labels += [index[name]] * len(class_files)
@@ -188,27 +176,86 @@ def load_folder(folder: Path, config: DataConfig, progress: Progress | None = No
     skipped += loaded.skipped
     labels_kept = np.asarray(labels, dtype="int32")[loaded.kept]
     groups_kept = np.asarray(groups)[loaded.kept]
-    if "all" in layout:
+    _check_classes(class_names, labels, labels_kept, skipped)
+    if "all" in scan.layout:
+        _check_split_sizes(class_names, labels_kept, config.test_fraction)
         assignment = stratified_split(labels_kept, config.val_fraction, config.test_fraction, config.seed)
     else:
         assignment = groups_kept.copy()
-        if "test" not in layout:
+        if "test" not in scan.layout:
             assignment = _carve_test(assignment, labels_kept, config.seed)
             notes.append(f"No test folder: {CARVED_TEST_SHARE:.0%} of validation was held out as the test split.")
-    splits = {}
+        _note_missing_classes(class_names, assignment, labels_kept, notes)
+    kept_paths = np.asarray([str(p) for p in paths], dtype=object)[loaded.kept]
+    digests = np.asarray(loaded.digests, dtype=object)
+    splits, sources, split_digests = {}, {}, {}
     for split in SPLITS:
         chosen = np.flatnonzero(assignment == split)
         splits[split] = (loaded.images[chosen], labels_kept[chosen])
+        sources[split], split_digests[split] = kept_paths[chosen].tolist(), digests[chosen].tolist()
     data = ImageData(
         class_names=class_names,
         splits=splits,
-        description=description or f"Folder {folder}",
+        description=description or f"Folder {scan.folder}",
         skipped=skipped,
         image_sizes=loaded.sizes,
         notes=notes,
+        sources=sources,
+        digests=split_digests,
+        ignored=scan.ignored,
     )
     check_usable(data)
     return data
+
+
+def _listing(items: list[str], shown: int = 5) -> str:
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
+
+
+def _found_instead(skipped: list[SkippedFile]) -> str:
+    """' Found instead: 3 files skipped (2 not an image, 1 ...).' or ''."""
+    if not skipped:
+        return " The folder holds no image files."
+    reasons = ", ".join(f"{n} {reason}" for reason, n in count_by_reason(skipped).items())
+    return f" Found instead {len(skipped)} skipped file(s): {reasons}."
+
+
+def _check_classes(class_names: list[str], labels: list[int], kept: np.ndarray, skipped: list[SkippedFile]) -> None:
+    """Refuse a class whose every image file failed to decode, saying why they failed."""
+    files = np.bincount(np.asarray(labels, "int32"), minlength=len(class_names))
+    usable = np.bincount(kept, minlength=len(class_names))
+    unreadable = [name for name, n_files, n in zip(class_names, files, usable) if n_files and not n]
+    if unreadable:
+        raise UserError(
+            f"None of the image files of class(es) {', '.join(map(repr, unreadable))} could be read."
+            f"{_found_instead(skipped)}",
+            "Replace those files with readable JPEG/PNG images (see the skipped-file list).",
+        )
+
+
+def _check_split_sizes(class_names: list[str], labels: np.ndarray, test_fraction: float) -> None:
+    """Refuse a class with too few images for one in each of train, validation (and test)."""
+    needed = 3 if test_fraction > 0 else 2
+    counts = np.bincount(labels, minlength=len(class_names))
+    small = [f"{name!r} has {n} image{'s' * (n != 1)}" for name, n in zip(class_names, counts.tolist()) if n < needed]
+    if small:
+        splits = "train/validation/test" if needed == 3 else "train/validation"
+        lower = " or set the test fraction to 0 (then 2 per class suffice)" if needed == 3 else ""
+        raise UserError(
+            f"Class {'; '.join(small)}: a {splits} split needs at least {needed} images per class (one per split).",
+            f"Add images to that class, remove its folder{lower}.",
+        )
+
+
+def _note_missing_classes(class_names: list[str], assignment: np.ndarray, labels: np.ndarray, notes: list[str]) -> None:
+    """Given split folders: name the classes that have no validation or no test images."""
+    for split in ("validation", "test"):
+        present = set(labels[assignment == split].tolist())
+        missing = [name for i, name in enumerate(class_names) if i not in present]
+        if missing and (assignment == split).any():
+            notes.append(f"Class(es) {', '.join(map(repr, missing))} have no {split} images: "
+                         f"their {split} scores are not measured.")
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:

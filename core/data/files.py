@@ -22,8 +22,10 @@ from core.errors import UserError
 MiB = 1024**2
 GiB = 1024**3
 
-_JUNK_FOLDERS = frozenset({"__MACOSX"})
-_JUNK_FILES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+#: Tool and OS folders that never hold data (any folder whose name starts with "." too).
+TOOL_FOLDERS = frozenset({"__MACOSX", ".ipynb_checkpoints", "@eaDir", "__pycache__", ".git"})
+#: OS metadata files: Finder's, Explorer's (macOS' `._*` resource forks are hidden files).
+JUNK_FILES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _ENCRYPTED_FLAG = 0x1
 _CHUNK_BYTES = MiB
@@ -80,7 +82,7 @@ def safe_extract_zip(
     link or encryption, more than `max_files` files, more than
     `max_total_bytes` declared or actually written, or a compression ratio
     above `max_ratio`. Backslashes count as folder separators. Junk such as
-    `__MACOSX/`, `.DS_Store`, `._*` and `Thumbs.db` is skipped.
+    hidden and tool folders (`__MACOSX/`, `.git/`...), `.DS_Store`, `._*` and `Thumbs.db` is skipped.
 
     Args:
         archive: path of the archive, or a seekable binary file object
@@ -188,13 +190,19 @@ def _safe_parts(member_name: str, name: str) -> tuple[str, ...]:
     return parts
 
 
+def is_ignored_folder(name: str) -> bool:
+    """Whether a folder named `name` is a hidden or tool folder (`TOOL_FOLDERS`, `.anything`),
+    never data: the folder scan and the zip extraction both leave these out."""
+    return name in TOOL_FOLDERS or name.startswith(".")
+
+
+def is_junk_file(name: str) -> bool:
+    """OS metadata that is not data: macOS resource forks (`._*`), Finder and Explorer files."""
+    return name in JUNK_FILES or name.startswith("._")
+
+
 def _is_junk(parts: tuple[str, ...]) -> bool:
-    """OS metadata that is not data: macOS resource forks, Finder and Explorer files."""
-    return (
-        any(part in _JUNK_FOLDERS for part in parts)
-        or parts[-1] in _JUNK_FILES
-        or parts[-1].startswith("._")
-    )
+    return any(is_ignored_folder(part) for part in parts[:-1]) or is_junk_file(parts[-1])
 
 
 def _refuse(

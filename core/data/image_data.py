@@ -19,7 +19,14 @@ IMBALANCE_RATIO = 3.0
 
 @dataclass
 class ImageData:
-    """Images and labels per split, plus what the Data page reports about them."""
+    """Images and labels per split, plus what the Data page reports about them.
+
+    splits: {split: ((N, size, size, 3) uint8 images, (N,) int32 labels)}.
+    sources: {split: [where each image came from]} (a file path, or a TFDS split and index).
+    digests: {split: [SHA-1 of each image's file bytes]} (folder sources only).
+    ignored: hidden and tool folders left out of a folder source.
+    duplicates: validation/test images that copy training images (`core.data.leakage.Duplicate`).
+    """
 
     class_names: list[str]
     splits: dict[str, tuple[np.ndarray, np.ndarray]]
@@ -27,6 +34,23 @@ class ImageData:
     skipped: list[SkippedFile] = field(default_factory=list)
     image_sizes: list[tuple[int, int]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    sources: dict[str, list[str]] = field(default_factory=dict)
+    digests: dict[str, list[str]] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+    duplicates: list = field(default_factory=list)
+
+    def source(self, split: str, index: int) -> str:
+        """Where image `index` of `split` came from (its file, else "split #index")."""
+        names = self.sources.get(split, [])
+        return names[index] if index < len(names) else f"{split} #{index}"
+
+    def keep(self, split: str, mask: np.ndarray) -> None:
+        """Keep only the rows of `split` where the boolean `mask` is true (images, labels, sources, digests)."""
+        images, labels = self.splits[split]
+        self.splits[split] = (images[mask], labels[mask])
+        for per_split in (self.sources, self.digests):
+            if split in per_split:
+                per_split[split] = [value for value, kept in zip(per_split[split], mask) if kept]
 
     @property
     def num_classes(self) -> int:
@@ -70,12 +94,21 @@ class ImageData:
 
 
 def check_usable(data: ImageData) -> None:
+    """Refuse data that cannot train (a class without training images, no validation
+    images) and note unbalanced classes.
+
+    Raises:
+        UserError: naming the classes without training images and where their images are.
+    """
     counts = data.counts()
-    empty = [data.class_names[i] for i, n in enumerate(counts["train"]) if n == 0]
+    empty = [
+        f"{name!r} ({counts['validation'][i] + counts['test'][i]} in validation/test)"
+        for i, name in enumerate(data.class_names) if counts["train"][i] == 0
+    ]
     if empty:
         raise UserError(
-            f"No usable training images for class(es): {', '.join(empty)}.",
-            "Check the skipped-file report: add readable images to those classes.",
+            f"No training images for class(es): {', '.join(empty)}.",
+            "Add training images for those classes (train/<class>/), or remove them from validation/test.",
         )
     if sum(counts["validation"]) == 0:
         raise UserError("The validation split is empty.", "Add images or raise the validation fraction.")

@@ -48,11 +48,22 @@ def describe(name: str) -> str:
     return f"{name}: {count}downloads{size} into {settings.tfds_data_dir()} on first use"
 
 
-def _builder(name: str):
-    import tensorflow_datasets as tfds
+def broken_install(error: ModuleNotFoundError) -> UserError:
+    """A module TFDS needs is missing: a broken install, not a network failure."""
+    return UserError(
+        f"TensorFlow Datasets cannot run: the Python module {error.name!r} is not installed "
+        "(a broken install, not a network problem).",
+        f"Install the pinned requirements: pip install -r requirements.txt (or: pip install {error.name}).",
+    )
 
+
+def _builder(name: str):
     try:
+        import tensorflow_datasets as tfds
+
         return tfds.builder(name, data_dir=str(settings.tfds_data_dir()))
+    except ModuleNotFoundError as error:
+        raise broken_install(error) from None
     except Exception as error:  # DatasetNotFoundError and friends
         raise UserError(
             f"TensorFlow Datasets has no dataset {name!r}.",
@@ -65,10 +76,12 @@ def load_tfds(config: DataConfig, progress: Callable[[int, int], None] | None = 
     import tensorflow as tf
 
 
-    _check_splits(config.tfds_splits)
     builder = _builder(config.name)
+    _check_splits(config.tfds_splits)
     try:
         builder.download_and_prepare()
+    except ModuleNotFoundError as error:  # TFDS imports some modules lazily, on first download
+        raise broken_install(error) from None
     except Exception as error:
         raise UserError(
             f"Could not download the TFDS dataset {config.name!r} into {settings.tfds_data_dir()}: "

@@ -200,7 +200,8 @@ class JobManager:
         except BaseException as error:  # even sys.exit() in a job ends that job only
             fields = _describe(error)
             job.error = str(error) if isinstance(error, UserError) else fields["error"]
-            self._record(run, FAILED, fields, log=traceback.format_exc())
+            log = f"Failed: {error}" if isinstance(error, UserError) else traceback.format_exc()
+            self._record(run, FAILED, fields, log=log)
         else:
             outcome = STOPPED if progress.stop_requested else FINISHED
             self._record(run, outcome, {}, log=f"Job {outcome}.")
