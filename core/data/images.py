@@ -44,8 +44,9 @@ _ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and he
 _WHITE = (255, 255, 255)
 
 # Strict decoding: whatever Pillow warns about (corrupt EXIF, truncated TIFF tags...)
-# is refused. Warning filters are process-wide, so this is set once, for Pillow only.
-warnings.filterwarnings("error", module=r"PIL(\.|$)")
+# is refused. Warning filters are process-wide, so this is set once, for the decoder
+# warnings Pillow raises (UserWarning) only: its DeprecationWarnings stay warnings.
+warnings.filterwarnings("error", category=UserWarning, module=r"PIL(\.|$)")
 
 _FORMAT_HINT = "Use a JPEG, PNG, BMP, GIF, WebP or TIFF image."
 _CORRUPT_HINT = "Re-export or re-download the file, or remove it from the data."
