@@ -23,6 +23,9 @@ class DataConfig:
     tfds_splits: split expressions for train, validation and test (TFDS only).
     test_folder: an optional separate folder of class folders used as the test split.
     val_fraction, test_fraction: used when a folder has no split folders.
+    corrections: label corrections applied after loading, as (image key, action,
+        class name) triples: action "exclude" (class name "") or "relabel"
+        (see `core.data.corrections`).
     """
 
     source: str = "demo"
@@ -34,6 +37,7 @@ class DataConfig:
     image_size: int = 160
     batch_size: int = 32
     seed: int = 1337
+    corrections: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,8 @@ def _build(cls, values: dict):
     kwargs = dict(values)
     if "tfds_splits" in kwargs:
         kwargs["tfds_splits"] = tuple(kwargs["tfds_splits"])
+    if "corrections" in kwargs:
+        kwargs["corrections"] = tuple(tuple(correction) for correction in kwargs["corrections"])
     return cls(**kwargs)
 
 

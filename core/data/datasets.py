@@ -17,7 +17,7 @@ import numpy as np
 
 from core import settings
 from core.config import DataConfig
-from core.data import demo_data, files
+from core.data import corrections, demo_data, files
 from core.data.image_data import (  # noqa: F401 (re-exported)
     IMBALANCE_RATIO,
     SPLITS,
@@ -53,7 +53,7 @@ def load(config: DataConfig, root: Path | None = None, progress: Progress | None
         raise UserError(f"Unknown data source {config.source!r}.", "Use demo, tfds, folder or zip.")
     if config.test_folder:
         replace_test_split(data, files.resolve_under_root(root or settings.data_root(), config.test_folder), config.image_size)
-    return data
+    return corrections.apply(data, config.corrections)
 
 
 def replace_test_split(data: ImageData, folder: Path, image_size: int) -> None:
