@@ -13,6 +13,7 @@ from core.config import GUIDE_TFDS_SPLITS, DataConfig
 from core.data import datasets
 from core.data.tfds_source import SUGGESTED, describe
 from pages._common import current_data, image_grid, state, user_errors
+from pages._corrections import use_marked_corrections
 
 SOURCES = {
     "demo": "Built-in demo (shapes, no download)",
@@ -83,6 +84,7 @@ with st.form("data_form"):
                 test_fraction=test_fraction, image_size=image_size, batch_size=batch_size, seed=int(seed),
             )
 
+use_marked_corrections()
 data = current_data()
 st.session_state["data_loaded"] = data is not None
 if data is not None:
