@@ -179,7 +179,8 @@ except UserError as error:
 
 if result is None:
     st.info("One pass of the run's frozen backbone over every image, then cross-validated heads "
-            "(scikit-learn logistic regression, 5 folds) and cleanlab rank the labels.", icon=":material/info:")
+            "(a k-nearest-neighbour vote on the pooled features, 5 folds) and cleanlab rank the labels.",
+            icon=":material/info:")
     st.stop()
 
 st.markdown("#### Likely label issues")

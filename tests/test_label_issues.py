@@ -17,12 +17,13 @@ def blobs(per_class=40, classes=3, seed=0):
     return centres[labels] + rng.normal(0, 1, (len(labels), 16)), labels
 
 
-def test_flipped_labels_rank_first_on_features():
+@pytest.mark.parametrize("head", label_issues.HEADS)
+def test_flipped_labels_rank_first_on_features(head):
     feats, labels = blobs()
     flipped = np.array([3, 50, 77, 101, 118])
     given = labels.copy()
     given[flipped] = (labels[flipped] + 1) % 3
-    issues = label_issues.find_issues(feats, given, 3)
+    issues = label_issues.find_issues(feats, given, 3, head=head)
     assert set(issues.position[:len(flipped)].tolist()) == set(flipped.tolist())
     assert issues.suggested[:len(flipped)].tolist() == labels[issues.position[:len(flipped)]].tolist()
     flagged = issues.position[issues.is_issue]
@@ -31,11 +32,12 @@ def test_flipped_labels_rank_first_on_features():
     assert sorted(issues.position.tolist()) == list(range(len(labels)))  # every image ranked once
 
 
-def test_out_of_sample_probabilities_do_not_see_their_own_label():
+@pytest.mark.parametrize("head", label_issues.HEADS)
+def test_out_of_sample_probabilities_do_not_see_their_own_label(head):
     feats, labels = blobs(per_class=10, classes=2)
     given = labels.copy()
-    given[0] = 1  # in-sample, a flexible head could memorise this label; out of sample it cannot
-    probs = label_issues.out_of_sample_probabilities(feats, given, 2)
+    given[0] = 1  # in-sample, a k-NN vote would count the image itself; out of sample it cannot
+    probs = label_issues.out_of_sample_probabilities(feats, given, 2, head=head)
     assert probs.shape == (20, 2) and probs[0].argmax() == 0
     assert np.allclose(probs.sum(axis=1), 1)
 

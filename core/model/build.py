@@ -288,7 +288,7 @@ def gradcam_parts(model: keras.Model) -> tuple[keras.Layer, keras.Model, list[ke
     """
     backbone = get_backbone(model)
     conv = last_conv_layer(backbone)
-    features = keras.Model(backbone.inputs, [conv.output, backbone.output], name="gradcam_features")
+    features = keras.Model(backbone.input, [conv.output, backbone.output], name="gradcam_features")
     return model.get_layer("preprocess"), features, head_layers(model)
 
 
@@ -296,4 +296,4 @@ def feature_extractor(model: keras.Model) -> keras.Model:
     """The frozen part of `model` up to its "pooling" layer: raw pixels (N, S, S, 3)
     in [0, 255] -> pooled (bottleneck) features (N, D). Augmentation is a no-op
     at inference, so these are the features the head sees at prediction time."""
-    return keras.Model(model.inputs, model.get_layer("pooling").output, name="pooled_features")
+    return keras.Model(model.input, model.get_layer("pooling").output, name="pooled_features")
