@@ -120,7 +120,7 @@ def confusion_heatmap(matrix: np.ndarray, classes: list[str]):
     # One transparent marker per cell, so a click selects the cell (heatmaps send no selection events).
     cells = [(true, predicted) for true in classes for predicted in classes]
     figure.add_trace(go.Scatter(x=[p for _, p in cells], y=[t for t, _ in cells], mode="markers", showlegend=False,
-                                marker=dict(size=40, color="rgba(0,0,0,0)"), hoverinfo="skip", name="cells"))
+                                marker=dict(size=40, color="rgba(0,0,0,0)"), hoverinfo="none", name="cells"))
     figure.update_layout(title="Confusion matrix (rows: true class, columns: predicted)", margin=dict(t=50, b=10),
                          clickmode="event+select", dragmode=False)
     return figure
