@@ -69,7 +69,7 @@ def analyse(run: runs.Run, model, data) -> dict:
               for i in range(len(data.splits[s][1]))]
     for point, (x, y), guess in zip(points, coords, predicted):
         point.update(x=float(x), y=float(y), predicted=int(guess))
-    result = {"model_version": model_version(run), "issues": rows, "map": points, "method": "PCA"}
+    result = {"model_version": model_version(run), "counts": data.counts(), "issues": rows, "map": points}
     run.write_json(ANALYSIS_FILE, result)
     return result
 
@@ -169,8 +169,8 @@ try:
                         f"but its model was trained on {', '.join(classes)}.",
                         "Restore the data the run was trained on, or train a new run on this data.")
     result = run.read_json(ANALYSIS_FILE, default=None)
-    if result and result.get("model_version") != model_version(run):
-        result = None
+    if result and (result.get("model_version"), result.get("counts")) != (model_version(run), data.counts()):
+        result = None  # a retrained model or changed images: the saved analysis no longer fits
     if st.button("Find label issues and draw the map" if result is None else "Analyse again", type="primary"):
         result = analyse(run, model, data)
 except UserError as error:

@@ -76,3 +76,12 @@ def test_relabel_to_an_unknown_class_is_a_clear_error(colour_data_root):
 def test_config_json_round_trip_keeps_corrections():
     config = RunConfig(data=dataclasses.replace(CONFIG, corrections=(("a" * 16, "exclude", ""),)))
     assert config_io.loads(config_io.dumps(config)) == config
+
+
+def test_excluding_every_training_image_of_a_class_is_a_clear_error(colour_data_root):
+    data = datasets.load(CONFIG, root=colour_data_root)
+    images, labels = data.splits["train"]
+    blue = data.class_names.index("blue")
+    every = tuple((corrections.image_key(image), "exclude", "") for image in images[labels == blue])
+    with pytest.raises(UserError, match="no training image of class\\(es\\) blue"):
+        datasets.load(dataclasses.replace(CONFIG, corrections=every), root=colour_data_root)

@@ -1,47 +1,22 @@
 """AppTest of the Evaluate page's insight panels on a tiny finished run: the confusion
 drill-down lists exactly one cell's test images, most confident first, and the Grad-CAM
 choice turns the images into the overlays core computes."""
-from pathlib import Path
-
-import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from core import workflow
 from core.results import drilldown, evaluation, gradcam
 from pages._thumbnails import thumbnail_uri
-from tests.helpers import train_run
-from tests.test_page_evaluate import CONFIG
-
-APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
+from tests.test_page_evaluate import CONFIG, data_root, page, run  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(scope="module")
-def run(colour_data_root, tmp_path_factory):
-    return train_run(CONFIG, tmp_path_factory.mktemp("runs"), colour_data_root)
-
-
-@pytest.fixture(scope="module")
-def test_split(run, colour_data_root):
-    images, labels = workflow.load_data(CONFIG.data, colour_data_root).splits["test"]
+def test_split(run, data_root):
+    images, labels = workflow.load_data(CONFIG.data, data_root).splits["test"]
     model, classes = workflow.load_run_model(run, "final")
     return images, labels, evaluation.predict_probabilities(model, images), classes, model
 
 
-@pytest.fixture
-def page(run, colour_data_root, monkeypatch) -> AppTest:
-    monkeypatch.setenv("TL_RUNS_DIR", str(run.path.parent))
-    monkeypatch.setenv("TL_DATA_ROOT", str(colour_data_root))
-    at = AppTest.from_file(str(APP), default_timeout=180)
-    at.session_state["data_config"] = CONFIG.data
-    at.run()
-    at.switch_page("pages/evaluate.py")
-    at.run()
-    assert not at.exception
-    return at
-
-
-def cell_table(at: AppTest):
+def cell_table(at):
     return next(frame.value for frame in at.dataframe if "test image" in frame.value.columns)
 
 

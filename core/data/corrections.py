@@ -90,7 +90,8 @@ def _write(path: Path, corrections: tuple[Correction, ...], identity: DataConfig
 def apply(data: ImageData, corrections: tuple[Correction, ...]) -> ImageData:
     """Drop excluded images and relabel relabelled ones in every split of `data` (in place;
     returned for chaining), and add a note saying how many corrections applied.
-    Raises UserError for a relabel to a class the data does not have."""
+    Raises UserError for a relabel to a class the data does not have, and when no
+    training image of a class is left."""
     if not corrections:
         return data
     actions = {key: (action, label) for key, action, label in corrections}
@@ -113,6 +114,10 @@ def apply(data: ImageData, corrections: tuple[Correction, ...]) -> ImageData:
             if action:
                 found.add(key)
         data.splits[split] = (images[keep], labels[keep])
+    emptied = [name for name, count in zip(data.class_names, data.counts()["train"]) if count == 0]
+    if emptied:
+        raise UserError(f"The label corrections leave no training image of class(es) {', '.join(emptied)}.",
+                        "Keep some of their images on the Label issues page (set them back to 'keep').")
     missing = len(actions) - len(found)
     data.notes.append(f"Label corrections: {excluded} image(s) excluded, {relabelled} relabelled"
                       + (f"; {missing} marked image(s) are not in this data." if missing else "."))
