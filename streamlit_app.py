@@ -16,6 +16,7 @@ PAGES = [
     st.Page("pages/train_head.py", title="Train head", icon=":material/play_arrow:"),
     st.Page("pages/fine_tune.py", title="Fine-tune", icon=":material/tune:"),
     st.Page("pages/evaluate.py", title="Evaluate", icon=":material/fact_check:"),
+    st.Page("pages/labels.py", title="Label issues", icon=":material/rule:"),
     st.Page("pages/runs.py", title="Runs", icon=":material/history:"),
 ]
 

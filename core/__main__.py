@@ -163,7 +163,9 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 
 def predict(args: argparse.Namespace) -> list:
-    """Class probabilities for each image; a bad file gets an error entry."""
+    """Class probabilities for each image; a bad file gets an error entry. With
+    `--gradcam DIR`, each image's Grad-CAM overlay for its predicted class goes to
+    DIR as PNG and its path into the entry."""
     import numpy as np
 
     from core.data.images import ImageError, load_image
@@ -189,6 +191,13 @@ def predict(args: argparse.Namespace) -> list:
                 label=classes[int(row.argmax())],
                 probabilities={name: round(float(p), 6) for name, p in zip(classes, row)},
             )
+        if args.gradcam:
+            from core.results import gradcam
+
+            maps, _ = gradcam.heatmaps(model, np.stack(images))
+            paths = gradcam.save_overlays(np.stack(images), maps, [results[p]["file"] for p in positions], args.gradcam)
+            for position, path in zip(positions, paths):
+                results[position]["gradcam"] = str(path)
     return results
 
 
@@ -226,6 +235,7 @@ def _add_predict(commands) -> None:
     parser.add_argument("run_dir")
     parser.add_argument("images", nargs="+")
     parser.add_argument("--model", default="final", choices=["final", "best", "head"])
+    parser.add_argument("--gradcam", metavar="DIR", help="write each image's Grad-CAM overlay (predicted class) to DIR as PNG")
     parser.set_defaults(command=predict)
 
 

@@ -25,6 +25,9 @@ class DataConfig:
     val_fraction, test_fraction: used when a folder has no split folders.
     drop_duplicates: leave out validation/test images that copy a training image
         (see `core.data.leakage`); otherwise they are only reported.
+    corrections: label corrections applied after loading, as (image key, action,
+        class name) triples: action "exclude" (class name "") or "relabel"
+        (see `core.data.corrections`).
     """
 
     source: str = "demo"
@@ -37,6 +40,7 @@ class DataConfig:
     batch_size: int = 32
     seed: int = 1337
     drop_duplicates: bool = False
+    corrections: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,8 @@ def _build(cls, values: dict):
     kwargs = dict(values)
     if "tfds_splits" in kwargs:
         kwargs["tfds_splits"] = tuple(kwargs["tfds_splits"])
+    if "corrections" in kwargs:
+        kwargs["corrections"] = tuple(tuple(correction) for correction in kwargs["corrections"])
     return cls(**kwargs)
 
 

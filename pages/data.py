@@ -14,6 +14,7 @@ from core.data import datasets
 from core.data.images import count_by_reason
 from core.data.tfds_source import SUGGESTED, describe
 from pages._common import current_data, image_grid, state, user_errors
+from pages._corrections import use_marked_corrections
 
 SOURCES = {
     "demo": "Built-in demo (shapes, no download)",
@@ -89,6 +90,7 @@ with st.form("data_form"):
                 drop_duplicates=drop_duplicates,
             )
 
+use_marked_corrections()
 data = current_data()
 st.session_state["data_loaded"] = data is not None
 if data is not None:

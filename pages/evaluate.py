@@ -1,20 +1,24 @@
 """Evaluate: test accuracy of the head-only and fine-tuned models, per-class scores,
-the confusion matrix, a gallery of predictions and predictions on uploaded images."""
+the confusion matrix with a drill-down into any cell, a gallery of predictions with
+optional Grad-CAM heatmaps, and predictions on uploaded images."""
 import numpy as np
 import pandas as pd
 import plotly.express as px
+import plotly.graph_objects as go
 import streamlit as st
 
 from core.data.images import ImageError, load_image
 from core.errors import UserError
-from core.results import evaluation
+from core.results import drilldown, evaluation, gradcam
 from core.training import runs
 from core.workflow import CLASSES_FILE, load_data, load_run_model
 from pages._common import image_grid, runs_dir, show_error
+from pages._thumbnails import thumbnail_uri
 
 KINDS = {"final": "Fine-tuned", "head": "Head only"}
 GALLERY_SIZE = 12
 MISTAKES_SHOWN = 6
+NO_HEATMAP, PREDICTED = "none", "predicted class"
 
 
 def has_model(run: runs.Run) -> bool:
@@ -113,8 +117,45 @@ def confusion_heatmap(matrix: np.ndarray, classes: list[str]):
                        labels={"x": "Predicted class", "y": "True class", "color": "Images"}, aspect="auto")
     figure.update_xaxes(type="category", side="bottom")
     figure.update_yaxes(type="category")
-    figure.update_layout(title="Confusion matrix (rows: true class, columns: predicted)", margin=dict(t=50, b=10))
+    # One transparent marker per cell, so a click selects the cell (heatmaps send no selection events).
+    cells = [(true, predicted) for true in classes for predicted in classes]
+    figure.add_trace(go.Scatter(x=[p for _, p in cells], y=[t for t, _ in cells], mode="markers", showlegend=False,
+                                marker=dict(size=40, color="rgba(0,0,0,0)"), hoverinfo="none", name="cells"))
+    figure.update_layout(title="Confusion matrix (rows: true class, columns: predicted)", margin=dict(t=50, b=10),
+                         clickmode="event+select", dragmode=False)
     return figure
+
+
+def cell_name(classes: list[str], true: int, predicted: int, count: int) -> str:
+    return f"true {classes[true]} → predicted {classes[predicted]} ({count})"
+
+
+def follow_chart_selection(event, classes: list[str]) -> None:
+    """A cell clicked on the chart becomes the drill-down's chosen cell (only when the click is new,
+    so picking a cell in the list afterwards is not undone)."""
+    points = [(point["y"], point["x"]) for point in (event.selection.points if event else [])]
+    if points and points != st.session_state.get("confusion_clicked"):
+        true, predicted = classes.index(points[0][0]), classes.index(points[0][1])
+        st.session_state["confusion_cell"] = (true, predicted)
+    st.session_state["confusion_clicked"] = points
+
+
+def cell_drilldown(images: np.ndarray, labels: np.ndarray, report: dict, classes: list[str], show) -> None:
+    """The images of one confusion-matrix cell with their probabilities, most confident first."""
+    matrix = np.asarray(report["confusion_matrix"])
+    options = [(t, p) for t in range(len(classes)) for p in range(len(classes)) if matrix[t, p]]
+    if st.session_state.get("confusion_cell") not in options:
+        st.session_state["confusion_cell"] = next((cell for cell in options if cell[0] != cell[1]), options[0])
+    true, predicted = st.selectbox("Cell (click one on the matrix, or pick it here)", options, key="confusion_cell",
+                                   format_func=lambda cell: cell_name(classes, *cell, matrix[cell]))
+    members = drilldown.cell_members(labels, report["probabilities"], true, predicted)
+    probs = report["probabilities"][members]
+    table = pd.DataFrame({"image": [thumbnail_uri(image) for image in show(images[members])], "test image": members,
+                          **{name: probs[:, i] for i, name in enumerate(classes)}})
+    st.dataframe(table, hide_index=True, key="cell_table", row_height=100, column_config={
+        "image": st.column_config.ImageColumn("image", width="small"),
+        **{name: st.column_config.ProgressColumn(name, format="percent", min_value=0, max_value=1) for name in classes}})
+    st.caption(f"{len(members)} test images, most confident first; the bars are each image's class probabilities.")
 
 
 def caption(classes: list[str], label: int, probs: np.ndarray) -> str:
@@ -125,12 +166,12 @@ def caption(classes: list[str], label: int, probs: np.ndarray) -> str:
     return f"❌ {classes[predicted]} ({probs[predicted]:.0%}) · true: {classes[label]}"
 
 
-def gallery(images: np.ndarray, labels: np.ndarray, report: dict, classes: list[str], seed: int) -> None:
+def gallery(images: np.ndarray, labels: np.ndarray, report: dict, classes: list[str], seed: int, show) -> None:
     probs = report["probabilities"]
     shown = np.random.default_rng(seed).permutation(len(labels))[:GALLERY_SIZE]
     st.markdown("#### Predictions on test images")
     st.caption("✅ right, ❌ wrong (with the true class). The percentage is the model's confidence.")
-    image_grid(images[shown], [caption(classes, labels[i], probs[i]) for i in shown], columns=4)
+    image_grid(show(images[shown]), [caption(classes, labels[i], probs[i]) for i in shown], columns=4)
 
     st.markdown("#### Most confident mistakes")
     worst = evaluation.top_losses(labels, probs, MISTAKES_SHOWN)
@@ -138,8 +179,27 @@ def gallery(images: np.ndarray, labels: np.ndarray, report: dict, classes: list[
         st.success("No mistakes on the test split.", icon=":material/check_circle:")
         return
     losses = evaluation.sample_losses(labels[worst], probs[worst])
-    image_grid(images[worst], [f"{caption(classes, labels[i], probs[i])} · loss {loss:.2f}"
+    image_grid(show(images[worst]), [f"{caption(classes, labels[i], probs[i])} · loss {loss:.2f}"
                                for i, loss in zip(worst, losses)], columns=4)
+
+
+@st.cache_data(max_entries=32, show_spinner="Computing Grad-CAM heatmaps...")
+def cam_overlays(path: str, kind: str, version: int, images: np.ndarray, class_index: int | None) -> np.ndarray:
+    """Grad-CAM overlays (N, S, S, 3) uint8 of `images` for `class_index` (None: each one's predicted class)."""
+    model, _ = cached_model(path, kind, version)
+    maps, _ = gradcam.heatmaps(model, images, class_index)
+    return np.stack([gradcam.overlay(image, heatmap) for image, heatmap in zip(images, maps)])
+
+
+def heatmap_view(run: runs.Run, kind: str, classes: list[str]):
+    """The Grad-CAM choice, and a function turning images into what the galleries show."""
+    choice = st.selectbox("Grad-CAM heatmap on the images", [NO_HEATMAP, PREDICTED, *classes], key="evaluate_gradcam",
+                          help="Where the model looks (Grad-CAM on the backbone's last convolutional feature map): "
+                               "red drove the score of the chosen class most, blue least.")
+    if choice == NO_HEATMAP:
+        return lambda images: images
+    class_index = None if choice == PREDICTED else classes.index(choice)
+    return lambda images: cam_overlays(str(run.path), kind, model_version(run, kind), np.asarray(images), class_index)
 
 
 def probability_chart(classes: list[str], probs: np.ndarray, title: str):
@@ -150,7 +210,7 @@ def probability_chart(classes: list[str], probs: np.ndarray, title: str):
     return figure
 
 
-def predict_uploads(uploads, run: runs.Run, kind: str) -> None:
+def predict_uploads(uploads, run: runs.Run, kind: str, show) -> None:
     """Class probabilities of each uploaded image; a file that is no usable image gets its reason."""
     size = run.config.data.image_size
     loaded = []
@@ -166,7 +226,7 @@ def predict_uploads(uploads, run: runs.Run, kind: str) -> None:
     probs = evaluation.predict_probabilities(model, np.stack([image for _, image in loaded]).astype("float32"))
     for index, ((name, image), row) in enumerate(zip(loaded, probs)):
         left, right = st.columns([1, 3])
-        left.image(image, caption=name)
+        left.image(show(image[None])[0], caption=name)
         predicted = int(row.argmax())
         right.plotly_chart(probability_chart(classes, row, f"{name}: {classes[predicted]} ({row[predicted]:.0%})"),
                            width="stretch", key=f"upload-{index}")
@@ -209,12 +269,17 @@ with left:
     st.markdown("#### Per-class scores")
     per_class_table(report)
 with right:
-    st.plotly_chart(confusion_heatmap(report["confusion_matrix"], classes), width="stretch", key="confusion")
+    clicked = st.plotly_chart(confusion_heatmap(report["confusion_matrix"], classes), width="stretch", key="confusion",
+                              on_select="rerun", selection_mode="points")
+follow_chart_selection(clicked, classes)
+show = heatmap_view(run, kind, classes)
+st.markdown("#### Drill down into a cell")
+cell_drilldown(images, labels, report, classes, show)
 
-gallery(images, labels, report, classes, run.config.seed)
+gallery(images, labels, report, classes, run.config.seed, show)
 
 st.markdown("#### Try your own images")
 uploads = st.file_uploader("Images to classify", accept_multiple_files=True, key="evaluate_uploads",
                            help="JPEG, PNG, BMP, GIF, WebP or TIFF; each is resized to the model's input size.")
 if uploads:
-    predict_uploads(uploads, run, kind)
+    predict_uploads(uploads, run, kind, show)

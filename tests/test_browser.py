@@ -23,7 +23,7 @@ from tests.browser import (  # noqa: F401 (app_server, browser_page and chromium
     wait_until_idle,
 )
 
-NAV_TITLES = ["Data", "Augmentation", "Model", "Train head", "Fine-tune", "Evaluate", "Runs"]
+NAV_TITLES = ["Data", "Augmentation", "Model", "Train head", "Fine-tune", "Evaluate", "Label issues", "Runs"]
 
 
 def nav_titles(page) -> list[str]:

@@ -17,7 +17,7 @@ import numpy as np
 
 from core import settings
 from core.config import DataConfig
-from core.data import demo_data, files, leakage
+from core.data import corrections, demo_data, files, leakage
 from core.data.image_data import (  # noqa: F401 (re-exported)
     IMBALANCE_RATIO,
     SPLITS,
@@ -61,6 +61,7 @@ def load(config: DataConfig, root: Path | None = None, progress: Progress | None
         raise UserError(f"Unknown data source {config.source!r}.", "Use demo, tfds, folder or zip.")
     if config.test_folder:
         replace_test_split(data, files.resolve_under_root(root, config.test_folder), config.image_size, root)
+    data = corrections.apply(data, config.corrections)
     data.duplicates = leakage.find_duplicates(data)
     if data.duplicates and config.drop_duplicates:
         leakage.drop_duplicates(data, data.duplicates)

@@ -254,3 +254,46 @@ def summary_text(model: keras.Model, expand_nested: bool = False) -> str:
     if expand_nested:
         get_backbone(model).summary(print_fn=lines.append, show_trainable=True)
     return "\n".join(lines)
+
+
+#: Layers that summarise a feature map rather than compute one: Grad-CAM looks before them.
+_SUMMARY_LAYERS = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D,
+                   keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)
+
+
+def last_conv_layer(backbone: keras.Model) -> keras.Layer:
+    """The layer whose output is the backbone's last convolutional feature map.
+
+    The last layer with a 4-D output (batch, height, width, channels) that is not
+    a pooling layer: Xception's "block14_sepconv2_act" (the Keras Grad-CAM
+    example's choice), MobileNetV2's "out_relu", VGG16's "block5_conv3".
+    Raises UserError when the backbone has no such layer.
+    """
+    for layer in reversed(backbone.layers):
+        if isinstance(layer, _SUMMARY_LAYERS):
+            continue
+        output = layer.output
+        if not isinstance(output, (list, tuple)) and len(output.shape) == 4:
+            return layer
+    raise UserError(f"The backbone {backbone.name} has no convolutional feature map.",
+                    "Grad-CAM needs a convolutional backbone; choose one from the registry.")
+
+
+def gradcam_parts(model: keras.Model) -> tuple[keras.Layer, keras.Model, list[keras.Layer]]:
+    """The pieces Grad-CAM runs one after the other, as in the Keras example's `grad_model`.
+
+    Returns (preprocess layer, a model from the backbone's input to
+    [last conv feature map (N, h, w, k), backbone output], the head layers).
+    Augmentation is left out: Grad-CAM explains inference.
+    """
+    backbone = get_backbone(model)
+    conv = last_conv_layer(backbone)
+    features = keras.Model(backbone.input, [conv.output, backbone.output], name="gradcam_features")
+    return model.get_layer("preprocess"), features, head_layers(model)
+
+
+def feature_extractor(model: keras.Model) -> keras.Model:
+    """The frozen part of `model` up to its "pooling" layer: raw pixels (N, S, S, 3)
+    in [0, 255] -> pooled (bottleneck) features (N, D). Augmentation is a no-op
+    at inference, so these are the features the head sees at prediction time."""
+    return keras.Model(model.input, model.get_layer("pooling").output, name="pooled_features")
