@@ -224,11 +224,11 @@ st.markdown("#### Try your own images")
 uploads = st.file_uploader("Images to classify", accept_multiple_files=True, key="evaluate_uploads",
                            help="JPEG, PNG, BMP, GIF, WebP or TIFF; each is resized to the model's input size.")
 min_confidence = st.slider(
-    "Show as unsure below this confidence", 0.0, 0.99, 0.0, 0.01, format="percent", key="evaluate_min_confidence",
+    "Show as unsure below this confidence", 0, 99, 0, 1, format="%d%%", key="evaluate_min_confidence",
     help="0 = off. Above 0 the confidence is calibrated first (temperature scaling on the validation split), "
          "so the threshold means what it says.")
 if uploads:
     try:
-        predict_uploads(uploads, run, kind, min_confidence)
+        predict_uploads(uploads, run, kind, min_confidence / 100)
     except UserError as error:
         show_error(error)
