@@ -1,7 +1,7 @@
 """Exports of a real-weights model, checked where users run them (integration: ../shared).
 
-MobileNet (alpha 0.25, real ImageNet weights) at 128 px, head trained for 2
-epochs on a small cats_vs_dogs sample (30 + 30 training, 15 + 15 validation
+MobileNet (alpha 0.25, real ImageNet weights) at 160 px, head trained for 20
+epochs (Adam 1e-2) on a small cats_vs_dogs sample (100 + 100 training, 30 + 30 validation
 images), tested on 40 + 40 other validation images given as the test folder.
 """
 import json
@@ -24,9 +24,9 @@ from tests.helpers import train_run
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = RunConfig(
-    data=DataConfig(source="folder", name="cats_dogs", test_folder="cats_dogs_test", image_size=128, batch_size=16),
+    data=DataConfig(source="folder", name="cats_dogs", test_folder="cats_dogs_test", image_size=160, batch_size=32),
     augment=AugmentConfig(flip="horizontal", rotation=0.0), model=ModelConfig(backbone="MobileNet"),
-    head=TrainConfig(epochs=2, views=1), name="cats vs dogs sample",
+    head=TrainConfig(learning_rate=1e-2, epochs=20, views=1), name="cats vs dogs sample",
 )
 
 #: Runs in an isolated Python from a temporary folder: loads both exports with plain Keras / TF.
@@ -53,7 +53,7 @@ def copy_sample(source: Path, target: Path, per_class: dict[str, slice]) -> None
 def data_root(shared_datasets, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
     source = shared_datasets / "cats_vs_dogs"
-    copy_sample(source, root / "cats_dogs", {"train": slice(0, 30), "validation": slice(0, 15)})
+    copy_sample(source, root / "cats_dogs", {"train": slice(0, 100), "validation": slice(0, 30)})
     for label in ("cats", "dogs"):
         (root / "cats_dogs_test" / label).mkdir(parents=True)
         for file in sorted((source / "validation" / label).iterdir())[100:140]:
@@ -111,14 +111,16 @@ def test_plain_keras_and_tensorflow_reproduce_the_dashboards_predictions(run, ma
     np.testing.assert_allclose(evaluation.probabilities(saved_logits), dashboard, atol=1e-5)
 
 
-def test_labels_and_manifest_follow_the_class_order(run, manifest):
+def test_labels_and_manifest_follow_the_class_order(run, manifest, data_root):
     folder = packaging.export_folder(run, "final")
     classes = run.read_json("classes.json")
     assert classes == ["cats", "dogs"]
     assert (folder / "labels.txt").read_text().splitlines() == classes == manifest["classes"]
     assert json.loads((folder / "manifest.json").read_text()) == manifest
     card = (folder / "MODEL_CARD.md").read_text()
-    assert "| cats | 30 | 15 | 40 |" in card and "MobileNet with `imagenet` weights" in card
+    counts = load_data(CONFIG.data, data_root).counts()
+    assert counts["train"] == [100, 100] and counts["test"] == [40, 40]
+    assert f"| cats | 100 | {counts['validation'][0]} | 40 |" in card and "MobileNet with `imagenet` weights" in card
     assert "model_int8.tflite" in card and "## Known limits" in card
 
 
