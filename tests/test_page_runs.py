@@ -111,7 +111,7 @@ def test_export_writes_every_format_with_its_parity_and_rewrites_deleted_files(p
 
     at = page(run_id=run.id)
     assert not at.get("download_button") or all(b.label == "config.json" for b in at.get("download_button"))
-    at.button(key="runs_export").click().run()
+    at.button(key="runs_export").click().run(timeout=600)  # five formats, each checked in its runtime
     assert not at.exception
     folder = run.path / "export" / "final"
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -136,7 +136,7 @@ def test_export_writes_every_format_with_its_parity_and_rewrites_deleted_files(p
     shutil.rmtree(folder)  # the files are gone: the page must not offer them, and a new export writes them
     at.run()
     assert len(at.dataframe) == 1 and {b.label for b in at.get("download_button")} == {"config.json"}
-    at.button(key="runs_export").click().run()
+    at.button(key="runs_export").click().run(timeout=600)  # five formats, each checked in its runtime
     assert not at.exception
     assert all((folder / row["file"]).is_file() for row in manifest["parity"])
     assert (folder / "labels.txt").read_text().splitlines() == run.read_json("classes.json")
