@@ -163,13 +163,18 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 
 def predict(args: argparse.Namespace) -> list:
-    """Class probabilities for each image; a bad file gets an error entry. With
-    `--gradcam DIR`, each image's Grad-CAM overlay for its predicted class goes to
-    DIR as PNG and its path into the entry."""
+    """Class probabilities for each image; a bad file gets an error entry.
+
+    With --min-confidence P, the probabilities are calibrated by the run's
+    temperature (fitted on its validation split, see core.results.calibration)
+    and a prediction whose calibrated confidence is below P has label "unsure".
+    With --gradcam DIR, each image's Grad-CAM overlay for its predicted class goes
+    to DIR as PNG and its path into the entry.
+    """
     import numpy as np
 
     from core.data.images import ImageError, load_image
-    from core.results import evaluation
+    from core.results import calibration, evaluation, gradcam
     from core.training import runs
     from core.workflow import load_run_model
 
@@ -185,20 +190,42 @@ def predict(args: argparse.Namespace) -> list:
         except ImageError as error:
             results.append({"file": path, "error": error.reason})
     if images:
-        probs = evaluation.predict_probabilities(model, np.stack(images).astype("float32"))
-        for position, row in zip(positions, probs):
+        logits = model.predict(np.stack(images).astype("float32"), verbose=0)
+        if args.min_confidence is None:
+            probs = evaluation.probabilities(logits)
+            extra = [{"label": classes[int(row.argmax())]} for row in probs]
+        else:
+            temperature = calibration.run_temperature(run, args.model, model)["temperature"]
+            probs = calibration.scaled_probabilities(logits, temperature)
+            extra = [{**verdict, "temperature": temperature}
+                     for verdict in calibration.verdicts(probs, classes, args.min_confidence)]
+        for position, row, fields in zip(positions, probs, extra):
             results[position].update(
-                label=classes[int(row.argmax())],
-                probabilities={name: round(float(p), 6) for name, p in zip(classes, row)},
+                **fields, probabilities={name: round(float(p), 6) for name, p in zip(classes, row)},
             )
         if args.gradcam:
-            from core.results import gradcam
-
             maps, _ = gradcam.heatmaps(model, np.stack(images))
             paths = gradcam.save_overlays(np.stack(images), maps, [results[p]["file"] for p in positions], args.gradcam)
             for position, path in zip(positions, paths):
                 results[position]["gradcam"] = str(path)
     return results
+
+
+def export(args: argparse.Namespace) -> dict:
+    """Export a run's model in every asked-for format, check each on the test split; the manifest."""
+    from core.results import packaging
+    from core.training import runs
+
+    formats = [key.strip() for key in args.formats.split(",") if key.strip()]
+    return packaging.export_run(runs.Run(args.run_dir), args.model, formats, args.out,
+                                on_step=lambda text: print(text, file=sys.stderr))
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a probability between 0 and 1")
+    return value
 
 
 def _add_train(commands) -> None:
@@ -236,7 +263,21 @@ def _add_predict(commands) -> None:
     parser.add_argument("images", nargs="+")
     parser.add_argument("--model", default="final", choices=["final", "best", "head"])
     parser.add_argument("--gradcam", metavar="DIR", help="write each image's Grad-CAM overlay (predicted class) to DIR as PNG")
+    parser.add_argument("--min-confidence", type=_probability, metavar="P",
+                        help="calibrate confidence (temperature scaling on the validation split) and label "
+                             "predictions below P (0-1) as unsure")
     parser.set_defaults(command=predict)
+
+
+def _add_export(commands) -> None:
+    from core.results.export import FORMATS
+
+    parser = commands.add_parser("export", help="export a run's model, check every format; prints the manifest")
+    parser.add_argument("run_dir")
+    parser.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated: {', '.join(FORMATS)}")
+    parser.add_argument("--out", help="export folder (default: RUN_DIR/export/MODEL)")
+    parser.add_argument("--model", default="final", choices=["final", "best", "head"])
+    parser.set_defaults(command=export)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -246,6 +287,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add_train(commands)
     _add_evaluate(commands)
     _add_predict(commands)
+    _add_export(commands)
     return parser
 
 

@@ -9,7 +9,7 @@ import streamlit as st
 
 from core.data.images import ImageError, load_image
 from core.errors import UserError
-from core.results import drilldown, evaluation, gradcam
+from core.results import calibration, drilldown, evaluation, gradcam
 from core.training import runs
 from core.workflow import CLASSES_FILE, load_data, load_run_model
 from pages._common import image_grid, runs_dir, show_error
@@ -210,8 +210,12 @@ def probability_chart(classes: list[str], probs: np.ndarray, title: str):
     return figure
 
 
-def predict_uploads(uploads, run: runs.Run, kind: str, show) -> None:
-    """Class probabilities of each uploaded image; a file that is no usable image gets its reason."""
+def predict_uploads(uploads, run: runs.Run, kind: str, min_confidence: float, show) -> None:
+    """Class probabilities of each uploaded image; a file that is no usable image gets its reason.
+
+    With `min_confidence` > 0 the probabilities are calibrated (temperature scaling on the
+    validation split) and a prediction below it is shown as unsure. `show` draws an image
+    batch (N, S, S, 3) as shown: with its Grad-CAM overlay when one is asked for."""
     size = run.config.data.image_size
     loaded = []
     for upload in uploads:
@@ -223,13 +227,22 @@ def predict_uploads(uploads, run: runs.Run, kind: str, show) -> None:
     if not loaded:
         return
     model, classes = cached_model(str(run.path), kind, model_version(run, kind))
-    probs = evaluation.predict_probabilities(model, np.stack([image for _, image in loaded]).astype("float32"))
-    for index, ((name, image), row) in enumerate(zip(loaded, probs)):
+    logits = model.predict(np.stack([image for _, image in loaded]).astype("float32"), verbose=0)
+    if min_confidence > 0:
+        fit = calibration.run_temperature(run, kind, model)
+        probs = calibration.scaled_probabilities(logits, fit["temperature"])
+        st.caption(f"Calibrated confidence: temperature {fit['temperature']:.2f}, fitted on "
+                   f"{fit['validation_images']} validation images (their log loss {fit['nll_before']:.3f} → "
+                   f"{fit['nll_after']:.3f}). Below {min_confidence:.0%} a prediction shows as unsure.")
+    else:
+        probs = evaluation.probabilities(logits)
+    for index, ((name, image), row, verdict) in enumerate(
+            zip(loaded, probs, calibration.verdicts(probs, classes, min_confidence))):
         left, right = st.columns([1, 3])
         left.image(show(image[None])[0], caption=name)
-        predicted = int(row.argmax())
-        right.plotly_chart(probability_chart(classes, row, f"{name}: {classes[predicted]} ({row[predicted]:.0%})"),
-                           width="stretch", key=f"upload-{index}")
+        title = (f"{name}: unsure (best guess {verdict['predicted']}, {verdict['confidence']:.0%})"
+                 if verdict["unsure"] else f"{name}: {verdict['predicted']} ({verdict['confidence']:.0%})")
+        right.plotly_chart(probability_chart(classes, row, title), width="stretch", key=f"upload-{index}")
 
 
 st.title("Evaluate")
@@ -281,5 +294,12 @@ gallery(images, labels, report, classes, run.config.seed, show)
 st.markdown("#### Try your own images")
 uploads = st.file_uploader("Images to classify", accept_multiple_files=True, key="evaluate_uploads",
                            help="JPEG, PNG, BMP, GIF, WebP or TIFF; each is resized to the model's input size.")
+min_confidence = st.slider(
+    "Show as unsure below this confidence", 0, 99, 0, 1, format="%d%%", key="evaluate_min_confidence",
+    help="0 = off. Above 0 the confidence is calibrated first (temperature scaling on the validation split), "
+         "so the threshold means what it says.")
 if uploads:
-    predict_uploads(uploads, run, kind, show)
+    try:
+        predict_uploads(uploads, run, kind, min_confidence / 100, show)
+    except UserError as error:
+        show_error(error)

@@ -1,7 +1,6 @@
 """Runs: every training run on disk. Compare their curves, load one into the session,
 export its model, delete it, and run the from-scratch / transfer / fine-tune comparison."""
 import functools
-from pathlib import Path
 
 import pandas as pd
 import plotly.express as px
@@ -11,17 +10,10 @@ from core import workflow
 from core.config import RunConfig
 from core.data.report import REPORT_FILE
 from core.errors import UserError
-from core.results import compare, export
+from core.results import compare, export, packaging, parity
 from core.training import runs
 from pages._common import job_manager, runs_dir, show_error, state, user_errors
 
-EXPORT_FOLDER = "export"
-EXPORT_FILES = {
-    "model.keras": "Keras model: `keras.saving.load_model(path)`",
-    "saved_model.zip": "TensorFlow SavedModel for TF Serving (signature `serving_default`)",
-    "model_float.tflite": "TFLite, float32 weights",
-    "model_dynamic_range.tflite": "TFLite, dynamic-range quantised (int8 weights, about 4x smaller)",
-}
 MODEL_KINDS = {"final": "Final (after the last phase)", "best": "Best epoch", "head": "Head only"}
 POLL_SECONDS = 2
 PERCENT = st.column_config.NumberColumn(format="percent")
@@ -93,15 +85,6 @@ def load_into_session(run: runs.Run) -> None:
     st.session_state["runs_notice"] = f"Run {run.id} is now the session's run: its data, augmentation, model and training settings are loaded."
 
 
-@st.cache_data(max_entries=8, show_spinner=False)
-def exported(path: str, kind: str, version: int) -> dict[str, dict]:
-    """Every export of the run's `kind` model, written once per model file version into
-    the run's export/<kind>/ folder: {file name: {"path", "bytes"}}."""
-    run = runs.Run(path)
-    model, _ = workflow.load_run_model(run, kind)
-    return export.export_all(model, run.path / EXPORT_FOLDER / kind)
-
-
 def human_size(size: int) -> str:
     for unit in ("B", "KB", "MB"):
         if size < 1024:
@@ -110,35 +93,67 @@ def human_size(size: int) -> str:
     return f"{size:.1f} GB"
 
 
+def parity_table(manifest: dict) -> None:
+    """Per export: size, test accuracy, agreement with the Keras model, largest probability
+    difference and latency; a warning naming each export below its agreement bound."""
+    reference = manifest["reference"]
+    rows = [{"file": export.FORMATS[row["format"]].file_name, "size": human_size(row["bytes"]), "bytes": row["bytes"],
+             "test accuracy": row.get("test_accuracy"), "agreement": row.get("agreement"),
+             "max prob. diff.": row.get("max_probability_difference"), "ms / image": row.get("ms_per_image"),
+             "check": "ok" if row["ok"] else ("does not run" if "error" in row else "⚠ below bound"),
+             "what": export.FORMATS[row["format"]].title} for row in manifest["parity"]]
+    if not rows:  # no test split: sizes only
+        rows = [{"file": file["file"], "size": human_size(file["bytes"]), "bytes": file["bytes"],
+                 "what": export.FORMATS[key].title} for key, file in manifest["files"].items()]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
+        "test accuracy": PERCENT, "agreement": PERCENT,
+        "max prob. diff.": st.column_config.NumberColumn(format="%.4f"),
+        "ms / image": st.column_config.NumberColumn(format="%.2f")})
+    if not manifest["parity"]:
+        st.warning("The run's data has no test split, so the exports were not checked against the Keras model.",
+                   icon=":material/warning:")
+        return
+    st.caption(f"Each file was run on all {reference['test_images']} test images in the runtime a user loads it "
+               f"with (a fresh Python for .keras and the SavedModel, the TFLite interpreter for .tflite). The Keras "
+               f"model scores {reference['test_accuracy']:.1%} at {reference['ms_per_image']:.2f} ms per image here. "
+               "Agreement: share of images given the same class as the Keras model.")
+    for row in manifest["parity"]:
+        if "error" in row:
+            st.error(f"{row['file']} does not load or predict in its runtime: {row['error']}. Do not ship it; "
+                     "use model.keras.", icon=":material/error:")
+        elif not row["ok"]:
+            precision = export.FORMATS[row["format"]].precision
+            st.warning(f"{row['file']} agrees with the Keras model on {row['agreement']:.1%} of the test images, "
+                       f"below {row['bound']:.0%}: {parity.MEANING[precision]}", icon=":material/warning:")
+
+
 def export_panel(run: runs.Run) -> None:
     kinds = [kind for kind in MODEL_KINDS if run.model_path(kind).is_file()]
     if not kinds:
         st.caption("This run has no saved model yet.")
         return
     kind = st.radio("Model", kinds, format_func=MODEL_KINDS.get, horizontal=True, key="runs_export_kind")
-    key = (str(run.path), kind, run.model_path(kind).stat().st_mtime_ns)
-    done = st.session_state.setdefault("runs_exported", set())
     if st.button("Export", key="runs_export", icon=":material/ios_share:"):
-        with st.spinner("Exporting .keras, SavedModel and two TFLite files (about 10 s)..."), user_errors():
-            exported(*key)
-            done.add(key)
-    if key not in done:
-        st.caption("Writes every format into the run's export/ folder; the files then download from here.")
+        with st.status("Exporting and checking every format (about a minute)...") as status, user_errors():
+            packaging.export_run(run, kind, on_step=status.write)
+            status.update(label="Exported and checked.", state="complete", expanded=False)
+    manifest = packaging.read_manifest(run, kind)  # on disk: deleted or outdated files are never shown
+    if manifest is None:
+        st.caption("Writes .keras, a SavedModel, float, dynamic-range and int8 TFLite files, labels.txt and "
+                   "MODEL_CARD.md into the run's export/ folder, then runs each file on the test split.")
         return
-    files = exported(*key)
-    if not all(Path(file["path"]).is_file() for file in files.values()):
-        done.discard(key)
-        st.warning("The exported files are gone; export again.")
-        return
-    st.dataframe(pd.DataFrame([{"file": name, "size": human_size(file["bytes"]), "bytes": file["bytes"],
-                                "what": EXPORT_FILES.get(name, "")} for name, file in files.items()]),
-                 hide_index=True)
-    cols = st.columns(len(files))
-    for col, (name, file) in zip(cols, files.items()):
-        col.download_button(name, data=functools.partial(Path(file["path"]).read_bytes), file_name=name,
+    parity_table(manifest)
+    folder = packaging.export_folder(run, kind)
+    names = [file["file"] for file in manifest["files"].values()] + [packaging.LABELS_FILE, packaging.CARD_FILE,
+                                                                     packaging.MANIFEST_FILE]
+    cols = st.columns(4)
+    for index, name in enumerate(names):
+        cols[index % 4].download_button(name, data=functools.partial((folder / name).read_bytes), file_name=name,
                             mime="application/octet-stream", key=f"runs_download:{name}", icon=":material/download:")
-    st.caption("Every export takes raw RGB pixels in [0, 255] at the run's image size and returns logits; "
-               "augmentation and the backbone's preprocessing are inside the model.")
+    st.caption("Every export takes raw RGB pixels in [0, 255] at the run's image size (uint8 for the int8 file) and "
+               "returns logits; the backbone's preprocessing is inside the model, which is made of Keras' own "
+               "layers only: `keras.saving.load_model(path)` loads it without this project. labels.txt lists the "
+               "classes in output order.")
 
 
 def delete_panel(run: runs.Run) -> None:

@@ -51,28 +51,61 @@ def expected(model, images):
 
 @pytest.fixture(scope="module")
 def exports(model, tmp_path_factory):
-    return export.export_all(model, tmp_path_factory.mktemp("exports"))
+    return export.export_formats(model, tmp_path_factory.mktemp("exports"),
+                                 representative=export.representative_images(calibration_images(), 16))
 
 
-def test_export_all_writes_every_file_and_reports_its_size(exports):
-    assert set(exports) == {
-        "model.keras",
-        "saved_model.zip",
-        "model_float.tflite",
-        "model_dynamic_range.tflite",
+def calibration_images():
+    return np.random.default_rng(1).integers(0, 256, size=(32, SIZE, SIZE, 3)).astype("uint8")
+
+
+def test_export_formats_writes_every_file_and_reports_its_size(exports):
+    assert {key: entry["file"] for key, entry in exports.items()} == {
+        "keras": "model.keras",
+        "saved_model": "saved_model.zip",
+        "tflite": "model_float.tflite",
+        "dynamic_range": "model_dynamic_range.tflite",
+        "int8": "model_int8.tflite",
     }
     for entry in exports.values():
         assert entry["bytes"] > 0
         assert entry["bytes"] == os.path.getsize(entry["path"])
 
 
+def test_export_formats_writes_only_the_chosen_ones_and_refuses_unknown(model, tmp_path):
+    written = export.export_formats(model, tmp_path, ["keras", "tflite"])
+    assert set(written) == {"keras", "tflite"}
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.keras", "model_float.tflite"]
+    with pytest.raises(UserError, match="Unknown export format.*onnx") as raised:
+        export.export_formats(model, tmp_path, ["onnx"])
+    assert "int8" in raised.value.hint
+
+
+def test_int8_tflite_takes_uint8_pixels_and_stays_close(exports, images, expected):
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_path=exports["int8"]["path"])
+    assert interpreter.get_input_details()[0]["dtype"] == np.uint8
+    assert interpreter.get_output_details()[0]["dtype"] == np.float32
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    assert "CONV_2D" in ops and "FULLY_CONNECTED" in ops
+    logits = export.tflite_predict(exports["int8"]["path"], images)
+    assert not np.allclose(logits, expected, rtol=0, atol=1e-7), "activations were not quantised"
+    np.testing.assert_allclose(logits, expected, atol=0.1 * np.abs(expected).max())
+
+
+def test_labels_file_has_one_class_per_line_in_output_order(tmp_path):
+    path = export.write_labels(["tulip", "daisy", "rose"], tmp_path / "labels.txt")
+    assert path.read_text(encoding="utf-8").splitlines() == ["tulip", "daisy", "rose"]
+
+
 def test_keras_file_reloads_in_safe_mode_with_same_predictions(exports, images, expected):
-    reloaded = export.load_model_safe(exports["model.keras"]["path"])
+    reloaded = export.load_model_safe(exports["keras"]["path"])
     np.testing.assert_allclose(reloaded.predict(images, verbose=0), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_saved_model_serving_signature_matches_model(exports, images, expected, tmp_path):
-    with zipfile.ZipFile(exports["saved_model.zip"]["path"]) as archive:
+    with zipfile.ZipFile(exports["saved_model"]["path"]) as archive:
         assert "saved_model/saved_model.pb" in archive.namelist()
         archive.extractall(tmp_path)
     loaded = tf.saved_model.load(str(tmp_path / "saved_model"))
@@ -83,13 +116,13 @@ def test_saved_model_serving_signature_matches_model(exports, images, expected, 
 
 
 def test_float_tflite_matches_model(exports, images, expected):
-    logits = export.tflite_predict(exports["model_float.tflite"]["path"], images)
+    logits = export.tflite_predict(exports["tflite"]["path"], images)
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_dynamic_range_tflite_is_smaller_and_close(exports, images, expected):
-    assert exports["model_dynamic_range.tflite"]["bytes"] < exports["model_float.tflite"]["bytes"]
-    logits = export.tflite_predict(exports["model_dynamic_range.tflite"]["path"], images)
+    assert exports["dynamic_range"]["bytes"] < exports["tflite"]["bytes"]
+    logits = export.tflite_predict(exports["dynamic_range"]["path"], images)
     assert not np.allclose(logits, expected, rtol=0, atol=1e-7), "weights were not quantised"
     # int8 weights: errors of a few percent of the logits' scale.
     np.testing.assert_allclose(logits, expected, atol=0.05 * np.abs(expected).max())
@@ -97,7 +130,7 @@ def test_dynamic_range_tflite_is_smaller_and_close(exports, images, expected):
 
 def test_export_tflite_of_binary_model_gives_one_logit(tmp_path, images):
     binary = small_model(1)
-    size = export.export_tflite(binary, tmp_path / "binary.tflite", quantize=False)
+    size = export.export_tflite(binary, tmp_path / "binary.tflite", mode="tflite")
     assert size == os.path.getsize(tmp_path / "binary.tflite")
     logits = export.tflite_predict(tmp_path / "binary.tflite", images.astype("uint8"))
     assert logits.shape == (len(images), 1)

@@ -146,3 +146,27 @@ def test_uploads_get_probabilities_or_a_clear_message(page, run):
     assert bars[0]["data"][0]["x"] == classes
     assert plotted(bars[0]["data"][0]["y"]) == pytest.approx(probs, abs=1e-5)
     assert bars[0]["layout"]["title"]["text"].startswith(f"red.png: {classes[probs.argmax()]}")
+
+
+def test_unsure_threshold_calibrates_and_marks_low_confidence_uploads(page, run):
+    """Above 0 the upload's probabilities are the temperature-scaled ones stored with the run,
+    and a prediction below the threshold is titled unsure."""
+    from core.results import calibration
+
+    muddy = np.full((70, 70, 3), (128, 128, 128), dtype="uint8")  # no class's colour
+    page.file_uploader(key="evaluate_uploads").set_value([("grey.png", png(muddy), "image/png")])
+    page.slider(key="evaluate_min_confidence").set_value(99).run()
+    assert not page.exception
+    fit = run.read_json(calibration.CALIBRATION_FILE)["final"]
+    assert fit["nll_after"] <= fit["nll_before"] and fit["validation_images"] > 0
+    model, classes = workflow.load_run_model(run, "final")
+    logits = model.predict(load_image(png(muddy), 96)[None].astype("float32"), verbose=0)
+    probs = calibration.scaled_probabilities(logits, fit["temperature"])[0]
+    bar = [chart for chart in charts(page) if chart["data"][0]["type"] == "bar"][0]
+    assert plotted(bar["data"][0]["y"]) == pytest.approx(probs, abs=1e-5)
+    assert probs.max() < 0.99
+    assert bar["layout"]["title"]["text"] == f"grey.png: unsure (best guess {classes[probs.argmax()]}, {probs.max():.0%})"
+
+    page.slider(key="evaluate_min_confidence").set_value(1).run()
+    bar = [chart for chart in charts(page) if chart["data"][0]["type"] == "bar"][0]
+    assert bar["layout"]["title"]["text"] == f"grey.png: {classes[probs.argmax()]} ({probs.max():.0%})"

@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 from core import config as config_io
 from core import workflow
 from core.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
-from core.results import evaluation, export
+from core.results import export
 from core.training import runs
 from tests.helpers import train_run
 
@@ -106,27 +106,40 @@ def test_load_into_session_sets_the_runs_configs(page, run):
     assert run.id in at.success[0].value
 
 
-def test_export_writes_every_format_that_loads_and_predicts_alike(page, run, data_root):
+def test_export_writes_every_format_with_its_parity_and_rewrites_deleted_files(page, run, data_root):
+    import shutil
+
     at = page(run_id=run.id)
     assert not at.get("download_button") or all(b.label == "config.json" for b in at.get("download_button"))
-    at.button(key="runs_export").click().run()
+    at.button(key="runs_export").click().run(timeout=600)  # five formats, each checked in its runtime
     assert not at.exception
     folder = run.path / "export" / "final"
+    manifest = json.loads((folder / "manifest.json").read_text())
     table = at.dataframe[1].value.set_index("file")
-    assert set(table.index) == {"model.keras", "saved_model.zip", "model_float.tflite", "model_dynamic_range.tflite"}
-    for name, size in table["bytes"].items():
-        assert (folder / name).stat().st_size == size > 0
+    assert list(table.index) == [export.FORMATS[key].file_name for key in export.FORMATS]
+    for row in manifest["parity"]:
+        assert (folder / row["file"]).stat().st_size == table.loc[row["file"], "bytes"] > 0
+        assert table.loc[row["file"], "agreement"] == pytest.approx(row["agreement"])
+        assert table.loc[row["file"], "test accuracy"] == pytest.approx(row["test_accuracy"])
+        assert table.loc[row["file"], "check"] == ("ok" if row["ok"] else "⚠ below bound")
+    flagged = [row["file"] for row in manifest["parity"] if not row["ok"]]
+    warnings = [warning.value for warning in at.warning]
+    assert [w.split(" agrees")[0] for w in warnings if " agrees with the Keras model" in w] == flagged
     labels = {button.label for button in at.get("download_button")}
-    assert set(table.index) | {"config.json"} <= labels
+    assert set(table.index) | {"labels.txt", "MODEL_CARD.md", "manifest.json", "config.json"} <= labels
 
     images = workflow.load_data(CONFIG.data, data_root).splits["test"][0][:4].astype("float32")
     keras_logits = export.load_model_safe(run.model_path("final")).predict(images, verbose=0)
-    exported_logits = export.load_model_safe(folder / "model.keras").predict(images, verbose=0)
-    tflite_logits = export.tflite_predict(folder / "model_float.tflite", images)
-    quantised = evaluation.probabilities(export.tflite_predict(folder / "model_dynamic_range.tflite", images))
-    assert exported_logits == pytest.approx(keras_logits, abs=1e-5)
-    assert tflite_logits == pytest.approx(keras_logits, abs=1e-3)
-    assert quantised == pytest.approx(evaluation.probabilities(keras_logits), abs=0.1)
+    assert export.load_model_safe(folder / "model.keras").predict(images, verbose=0) == pytest.approx(keras_logits, abs=1e-5)
+    assert export.tflite_predict(folder / "model_float.tflite", images) == pytest.approx(keras_logits, abs=1e-3)
+
+    shutil.rmtree(folder)  # the files are gone: the page must not offer them, and a new export writes them
+    at.run()
+    assert len(at.dataframe) == 1 and {b.label for b in at.get("download_button")} == {"config.json"}
+    at.button(key="runs_export").click().run(timeout=600)  # five formats, each checked in its runtime
+    assert not at.exception
+    assert all((folder / row["file"]).is_file() for row in manifest["parity"])
+    assert (folder / "labels.txt").read_text().splitlines() == run.read_json("classes.json")
 
 
 def wait_for_stop(run: runs.Run, progress) -> None:

@@ -1,9 +1,11 @@
 """Save, reload and export trained models: .keras, TensorFlow SavedModel and TFLite.
 
-Every export takes raw RGB pixels in [0, 255] (float32, shape (N, S, S, 3)) and
-returns the model's logits, exactly like the Keras model: augmentation and the
-backbone's preprocessing are layers inside it. Turn logits into probabilities
-with `core.evaluation.probabilities` (sigmoid for one unit, softmax otherwise).
+Every export takes raw RGB pixels in [0, 255] (shape (N, S, S, 3); float32, or
+uint8 for the full-integer TFLite file) and returns the model's logits, exactly
+like the Keras model: the backbone's preprocessing is a layer inside it. Turn
+logits into probabilities with `core.results.evaluation.probabilities` (sigmoid
+for one unit, softmax otherwise). Exports are meant to be given the portable
+model (`core.results.portable.portable_model`), so they load without this project.
 
 The SavedModel and TFLite exports run the model with `training=False`. Keras'
 own `model.export(format="tf_saved_model")` traces the model with its default
@@ -15,9 +17,12 @@ from __future__ import annotations
 
 import importlib
 import tempfile
+import time
 import warnings
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable
 
 import keras
 import numpy as np
@@ -94,30 +99,112 @@ def zip_directory(directory, zip_path) -> int:
     return zip_path.stat().st_size
 
 
-def _saved_model_to_tflite(saved_model_dir, path, quantize: bool) -> int:
-    """Convert a SavedModel to a .tflite file (dynamic-range int8 weights if `quantize`)."""
+#: What each representative sample of the int8 calibration is: one raw image, batch of 1.
+Representative = Callable[[], Iterable[list[np.ndarray]]]
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One export format: its file in the export folder and what a user does with it.
+
+    precision: "float" (predictions should match Keras to rounding) or "int8"
+    (int8 weights or activations: a few predictions may differ).
+    """
+
+    key: str
+    file_name: str
+    title: str
+    precision: str
+
+
+FORMATS: dict[str, ExportFormat] = {
+    f.key: f for f in (
+        ExportFormat("keras", "model.keras", "Keras model: `keras.saving.load_model(path)`", "float"),
+        ExportFormat("saved_model", "saved_model.zip",
+                     "TensorFlow SavedModel for TF Serving (signature `serving_default`)", "float"),
+        ExportFormat("tflite", "model_float.tflite", "TFLite, float32", "float"),
+        ExportFormat("dynamic_range", "model_dynamic_range.tflite",
+                     "TFLite, dynamic-range quantised (int8 weights, float activations, about 4x smaller)",
+                     "int8"),
+        ExportFormat("int8", "model_int8.tflite",
+                     "TFLite, full-integer int8 (uint8 pixels in, float logits out) for edge accelerators",
+                     "int8"),
+    )
+}
+TFLITE_FORMATS = ("tflite", "dynamic_range", "int8")
+
+
+def _saved_model_to_tflite(saved_model_dir, path, mode: str,
+                           representative: Representative | None = None) -> int:
+    """Convert a SavedModel to a .tflite file; its size in bytes.
+
+    mode: "tflite" (float32), "dynamic_range" (`tf.lite.Optimize.DEFAULT`:
+    int8 weights, float activations) or "int8" (full-integer quantisation:
+    every op in int8 (`TFLITE_BUILTINS_INT8`), activations calibrated on
+    `representative`, input uint8 raw pixels, output float32 logits), as in
+    the TensorFlow Lite post-training quantisation guide.
+    """
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
-    if quantize:
+    if mode in ("dynamic_range", "int8"):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "int8":
+        if representative is None:
+            raise ValueError("int8 quantisation needs a representative dataset")
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(converter.convert())
     return path.stat().st_size
 
 
-def export_tflite(model: keras.Model, path, quantize: bool = False) -> int:
-    """Convert the model to TFLite through a SavedModel; the file's size in bytes.
+def representative_images(images: np.ndarray, count: int = 100, seed: int = 0) -> Representative:
+    """A representative dataset for int8 calibration: `count` images drawn at random (seeded)
+    from `images` (N, S, S, 3) in [0, 255], yielded one at a time as [float32 (1, S, S, 3)]."""
+    chosen = np.random.default_rng(seed).permutation(len(images))[:count]
 
-    `quantize=True` applies dynamic-range quantisation (`tf.lite.Optimize.DEFAULT`):
-    weights stored as int8, inputs and outputs stay float32 raw pixels and logits.
-    """
+    def samples():
+        for index in chosen:
+            yield [np.asarray(images[index:index + 1], dtype=np.float32)]
+
+    return samples
+
+
+def export_tflite(model: keras.Model, path, mode: str = "tflite",
+                  representative: Representative | None = None) -> int:
+    """Convert the model to TFLite through a SavedModel (see `_saved_model_to_tflite`); the size in bytes."""
     with tempfile.TemporaryDirectory() as temp:
         saved_model_dir = export_saved_model(model, Path(temp) / "saved_model")
-        return _saved_model_to_tflite(saved_model_dir, path, quantize)
+        return _saved_model_to_tflite(saved_model_dir, path, mode, representative)
 
 
-def tflite_predict(path, images) -> np.ndarray:
-    """Run a .tflite model on raw images (N, S, S, 3) in [0, 255]; returns its logits."""
+def _quantise(values: np.ndarray, detail: dict) -> np.ndarray:
+    """Float values as the tensor's dtype: quantised with its (scale, zero point) when it has them."""
+    dtype = detail["dtype"]
+    if np.issubdtype(dtype, np.floating):
+        return values.astype(dtype)
+    scale, zero_point = detail["quantization"]
+    if scale:
+        values = values / scale + zero_point
+    info = np.iinfo(dtype)
+    return np.clip(np.round(values), info.min, info.max).astype(dtype)
+
+
+def _dequantise(values: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero_point = detail["quantization"]
+    if np.issubdtype(values.dtype, np.floating) or not scale:
+        return values.astype(np.float32)
+    return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+def tflite_run(path, images) -> tuple[np.ndarray, float]:
+    """Run a .tflite model on raw images (N, S, S, 3) in [0, 255] in one batch.
+
+    Inputs are cast (or quantised, for a uint8/int8 input) to what the model
+    takes; outputs are dequantised. Returns float32 logits (N, units) and the
+    seconds `invoke()` took. Raises UserError for a file that is no TFLite model.
+    """
     images = np.asarray(images, dtype=np.float32)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_INTERPRETER_DEPRECATION, category=UserWarning)
@@ -128,26 +215,57 @@ def tflite_predict(path, images) -> np.ndarray:
                 f"Could not read the TFLite model {path}: {error}",
                 "Choose a .tflite file exported by this dashboard.",
             ) from error
-    input_index = interpreter.get_input_details()[0]["index"]
-    interpreter.resize_tensor_input(input_index, images.shape)
+    input_detail = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(input_detail["index"], images.shape)
     interpreter.allocate_tensors()
-    interpreter.set_tensor(input_index, images)
+    interpreter.set_tensor(input_detail["index"], _quantise(images, input_detail))
+    start = time.perf_counter()
     interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    seconds = time.perf_counter() - start
+    output_detail = interpreter.get_output_details()[0]
+    return _dequantise(interpreter.get_tensor(output_detail["index"]), output_detail), seconds
 
 
-def export_all(model: keras.Model, out_dir) -> dict[str, dict]:
-    """Write every export into `out_dir`; {file name: {"path": str, "bytes": int}}.
+def tflite_predict(path, images) -> np.ndarray:
+    """Float32 logits (N, units) of a .tflite model on raw images (N, S, S, 3) in [0, 255]."""
+    return tflite_run(path, images)[0]
 
-    Files: model.keras, saved_model.zip (a `saved_model/` folder),
-    model_float.tflite and model_dynamic_range.tflite.
+
+def write_labels(class_names: list[str], path) -> Path:
+    """labels.txt: one class name per line, in the order of the model's outputs
+    (for one logit: line 1 is the class of logit < 0, line 2 of logit > 0)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{name}\n" for name in class_names), encoding="utf-8")
+    return path
+
+
+def export_formats(model: keras.Model, out_dir, formats: Iterable[str] = tuple(FORMATS),
+                   representative: Representative | None = None) -> dict[str, dict]:
+    """Write the chosen `formats` (keys of FORMATS) of `model` into `out_dir`.
+
+    Returns {format key: {"file": name, "path": str, "bytes": int}}. The
+    SavedModel is zipped (a `saved_model/` folder); "int8" needs
+    `representative` (see `representative_images`). Raises UserError for an
+    unknown format.
     """
+    formats = list(formats)
+    unknown = [key for key in formats if key not in FORMATS]
+    if unknown:
+        raise UserError(f"Unknown export format(s): {', '.join(unknown)}.",
+                        f"Choose from: {', '.join(FORMATS)}.")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sizes = {"model.keras": export_keras(model, out_dir / "model.keras")}
+    sizes = {}
+    if "keras" in formats:
+        sizes["keras"] = export_keras(model, out_dir / FORMATS["keras"].file_name)
     with tempfile.TemporaryDirectory() as temp:
         saved_model_dir = export_saved_model(model, Path(temp) / "saved_model")
-        sizes["saved_model.zip"] = zip_directory(saved_model_dir, out_dir / "saved_model.zip")
-        for name, quantize in (("model_float.tflite", False), ("model_dynamic_range.tflite", True)):
-            sizes[name] = _saved_model_to_tflite(saved_model_dir, out_dir / name, quantize)
-    return {name: {"path": str(out_dir / name), "bytes": size} for name, size in sizes.items()}
+        if "saved_model" in formats:
+            sizes["saved_model"] = zip_directory(saved_model_dir, out_dir / FORMATS["saved_model"].file_name)
+        for key in TFLITE_FORMATS:
+            if key in formats:
+                sizes[key] = _saved_model_to_tflite(saved_model_dir, out_dir / FORMATS[key].file_name,
+                                                    key, representative)
+    return {key: {"file": FORMATS[key].file_name, "path": str(out_dir / FORMATS[key].file_name), "bytes": size}
+            for key, size in sizes.items()}
