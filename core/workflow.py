@@ -23,6 +23,7 @@ from core.errors import UserError
 from core.model.augmentation import build_augmentation
 from core.model.build import build_model, first_trainable_index, get_backbone
 from core.results import evaluation, export
+from core.training import feature_cache
 from core.training import phases as training
 from core.training.runs import Run
 
@@ -57,11 +58,12 @@ def _stoppable(job):
 
 
 @_stoppable
-def head_job(run: Run, progress, data_root: Path | None = None, keep: dict | None = None) -> dict:
+def head_job(run: Run, progress, data_root: Path | None = None) -> dict:
     """Build the model from the run's config and train its head (backbone frozen).
 
-    With `keep` (a dict), the frozen layers' activations at the run's fine-tuning
-    cut are kept in keep["activations"] for `fine_tune_job` to reuse.
+    On the fast path the features come from the feature cache where they match;
+    when the config also asks for fine-tuning, the activations at its cut are
+    stored there in the same pass, for `fine_tune_job` (in this process or another).
     """
     config, data = _data(run, progress, data_root)
     run.write_json(CLASSES_FILE, data.class_names)
@@ -69,13 +71,11 @@ def head_job(run: Run, progress, data_root: Path | None = None, keep: dict | Non
     with training.select_strategy().scope():
         model = build_model(config.model, data.num_classes, config.data.image_size,
                             build_augmentation(config.augment, seed=config.seed))
-        keep_cut = _fine_tune_cut(model, config) if keep is not None else None
         result = training.train_phase(
-            model, data, config.head, "head", batch_size=config.data.batch_size,
-            seed=config.seed, progress=progress, on_epoch=run.append_history, keep_cut=keep_cut,
+            model, data, config.head, "head", batch_size=config.data.batch_size, seed=config.seed,
+            progress=progress, on_epoch=run.append_history, keep_cut=_fine_tune_cut(model, config),
+            probe=feature_cache.probe_of(config), log_dir=tensorboard_dir(run),
         )
-    if keep is not None:
-        keep["activations"] = result.activations
     if config.head.epochs == 0:  # explicit override: fine-tune on an untrained head
         run.log("head: 0 epochs asked for; the untrained head is saved as it is.")
         for kind in ("head", "final"):
@@ -84,10 +84,10 @@ def head_job(run: Run, progress, data_root: Path | None = None, keep: dict | Non
 
 
 @_stoppable
-def fine_tune_job(run: Run, progress, data_root: Path | None = None,
-                  reuse: training.Activations | None = None) -> dict:
-    """Load the run's head-trained model and fine-tune it per `config.fine_tune`
-    (reusing cached activations of the same frozen layers when given)."""
+def fine_tune_job(run: Run, progress, data_root: Path | None = None) -> dict:
+    """Load the run's head-trained model and fine-tune it per `config.fine_tune`; the
+    activations at the cut come from the feature cache where the head job (or an
+    earlier run) stored them."""
     config, data = _data(run, progress, data_root)
     if config.fine_tune is None:
         raise UserError(f"Run {run.id} has no fine-tuning settings.", "Choose them on the Fine-tune page.")
@@ -100,23 +100,28 @@ def fine_tune_job(run: Run, progress, data_root: Path | None = None,
         model = export.load_model_safe(run.model_path("final"))
         result = training.train_phase(
             model, data, config.fine_tune, "fine_tune", batch_size=config.data.batch_size,
-            seed=config.seed + 1, epoch_offset=offset, progress=progress, on_epoch=run.append_history, reuse=reuse,
+            seed=config.seed + 1, views_seed=config.seed, epoch_offset=offset, progress=progress,
+            on_epoch=run.append_history, log_dir=tensorboard_dir(run),
         )
     return _finish_phase(run, model, data, result, config.fine_tune)
 
 
 def full_job(run: Run, progress, data_root: Path | None = None) -> dict:
     """Head training, then fine-tuning when the config asks for it (the CLI's job)."""
-    kept: dict = {}
-    metrics = head_job(run, progress, data_root, keep=kept)
+    metrics = head_job(run, progress, data_root)
     if run.config.fine_tune is not None and not progress.stop_requested:
-        metrics = fine_tune_job(run, progress, data_root, reuse=kept.get("activations"))
+        metrics = fine_tune_job(run, progress, data_root)
     return metrics
 
 
+def tensorboard_dir(run: Run) -> Path:
+    """Where a run's TensorBoard event files go: `<run dir>/tensorboard` (so `tensorboard --logdir runs` works)."""
+    return run.path / "tensorboard"
+
+
 def _fine_tune_cut(model: keras.Model, config: RunConfig) -> int | None:
-    """The backbone layer fine-tuning will start from, when its fast path can reuse
-    activations computed during head training (a cut strictly inside the backbone)."""
+    """The backbone layer fine-tuning will start from, when its fast path can read
+    activations stored during head training (a cut strictly inside the backbone)."""
     tune = config.fine_tune
     if tune is None or not tune.fast_path or not config.head.fast_path:
         return None
@@ -179,6 +184,7 @@ def _finish_phase(run: Run, model: keras.Model, data: ImageData, result: trainin
         "seconds": round(result.seconds, 2),
         "val_accuracy": result.best_val_accuracy if config.restore_best else result.history[-1].get("val_accuracy"),
         "stopped": result.stopped,
+        "feature_cache": {kind: len(labels) for kind, labels in result.cache.items()},
     }
     test_images, test_labels = data.splits["test"]
     if len(test_labels):
