@@ -33,6 +33,7 @@ from core.data.array_store import ArrayStore, make_key
 from core.data.image_cache import content_digest
 from core.data.image_data import ImageData
 from core.model.augmentation import build_augmentation
+from core.model.build import POOLING_LAYERS
 
 #: Bump when what is stored changes (dtype, extraction), so old entries are not read.
 FORMAT = 1
@@ -107,7 +108,7 @@ class Context:
     frozen: dict
     backbone: str
     image_size: int
-    pooling: str
+    pooling: str  # the pooling layer's class name
     data: dict  # split -> content digest
     augment: str | None
     seed: int
@@ -176,7 +177,8 @@ def head_features_cached(run_config: RunConfig, data: ImageData, cache: ArraySto
     """
     cache = cache or store()
     augment = augment_text(build_augmentation(run_config.augment, seed=run_config.seed))
-    ctx = Context({}, "", run_config.data.image_size, run_config.model.pooling,
+    pooling = POOLING_LAYERS[run_config.model.pooling].__name__
+    ctx = Context({}, "", run_config.data.image_size, pooling,
                   {split: content_digest(*data.splits[split]) for split in ("train", "validation")},
                   augment, run_config.seed, probe_of(run_config))
     requests = [Request(FEATURES, "train", view) for view in range(run_config.head.views)]
