@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from pathlib import Path
 
 import keras
 
+from core import config as config_io
 from core.config import RunConfig, TrainConfig
 from core.data import datasets
 from core.data.datasets import ImageData
 from core.errors import UserError
 from core.model.augmentation import build_augmentation
-from core.model.build import build_model, first_trainable_index, get_backbone
+from core.model.build import build_model, first_trainable_index, get_backbone, set_trainable
 from core.results import evaluation, export
-from core.training import feature_cache
+from core.training import feature_cache, lr_finder, runs, sweep
 from core.training import phases as training
 from core.training.runs import Run
 
@@ -112,6 +114,89 @@ def full_job(run: Run, progress, data_root: Path | None = None) -> dict:
     if run.config.fine_tune is not None and not progress.stop_requested:
         metrics = fine_tune_job(run, progress, data_root)
     return metrics
+
+
+LR_FIND_FILE = "lr_find.json"
+SWEEP_FILE = "sweep.json"
+
+
+@_stoppable
+def lr_find_job(run: Run, progress, data_root: Path | None = None, phase: str = "head") -> dict:
+    """The learning-rate finder (`core.training.lr_finder`) for the run's head, or with
+    `phase="fine_tune"` for its fine-tuning (on the run's trained head, from its cut),
+    on the feature cache's outputs (computed and stored first where missing).
+
+    Writes `lr_find.json` ({"head": result, "fine_tune": result}, see
+    `FinderResult`) into the run directory and returns that dict; trains nothing
+    that is saved. Raises UserError for fine-tuning without a trained head.
+    """
+    config, data = _data(run, progress, data_root)
+    labels = data.splits["train"][1]
+    if phase == "fine_tune":
+        tune = config.fine_tune
+        if tune is None or not run.model_path("head").is_file():
+            raise UserError(f"Run {run.id} has no trained head or no fine-tuning settings.",
+                            "Train the head and choose the unfreeze point first.")
+        model = export.load_model_safe(run.model_path("head"))
+        part = training.frozen_part(model, set_trainable(model, tune.fine_tune_at, tune.freeze_batchnorm))
+        views = training.cached_outputs(model, part, data, tune.views, config.seed, progress=progress)[0]
+        optimizer = tune.optimizer
+    else:
+        model, part, views, _ = _head_features(config, data, progress)
+        optimizer = config.head.optimizer
+    result = lr_finder.find_learning_rate(part.trainable, views, labels, data.num_classes, optimizer,
+                                          batch_size=config.data.batch_size, seed=config.seed, progress=progress)
+    found = {**run.read_json(LR_FIND_FILE, default={}), phase: result.to_dict()}
+    run.write_json(LR_FIND_FILE, found)
+    run.log(f"lr finder ({phase}): suggested learning rate {result.suggestion:.2e}")
+    return found
+
+
+@_stoppable
+def sweep_job(run: Run, progress, data_root: Path | None = None, trials: int = 20) -> dict:
+    """Search head settings (`core.training.sweep`) on the run's cached features, then
+    train the best trial's settings as a new normal run beside this one (its head
+    reads the same cached features), which the user can fine-tune.
+
+    Writes `sweep.json` ({"trials": rows, "best": row, "best_run": run id}) into
+    this run's directory, after every trial; returns it.
+    """
+    config, data = _data(run, progress, data_root)
+    _, _, views, val = _head_features(config, data, progress)
+    record = {"trials": [], "base": config_io.to_dict(config)}
+
+    def save(rows: list[dict]) -> None:
+        record["trials"] = rows
+        run.write_json(SWEEP_FILE, record)
+
+    rows = sweep.search(views, data.splits["train"][1], val, data.splits["validation"][1], data.num_classes, trials,
+                        config.data.batch_size, config.seed, progress, on_trial=save)
+    if not rows or progress.stop_requested:
+        return record
+    record["best"] = sweep.best_row(rows)
+    best_config = dataclasses.replace(sweep.apply(config, record["best"]), name=f"best of sweep {run.id}")
+    best = Run.create(run.path.parent, best_config)
+    record["best_run"] = best.id
+    run.write_json(SWEEP_FILE, record)
+    best.set_status(runs.RUNNING, started=time.time())
+    head_job(best, progress, data_root)
+    best.set_status(runs.STOPPED if progress.stop_requested else runs.FINISHED, finished=time.time())
+    run.log(f"sweep: {len(rows)} trials; best {record['best']}; trained as run {best.id}")
+    return record
+
+
+def _head_features(config: RunConfig, data: ImageData, progress):
+    """(model, frozen part, training views, validation) for head training with `config`,
+    the features from the feature cache (stored in the same pass: the activations at
+    the fine-tuning cut, as `head_job` does)."""
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(config.model, data.num_classes, config.data.image_size,
+                        build_augmentation(config.augment, seed=config.seed))
+    cut = _fine_tune_cut(model, config)
+    part = training.frozen_part(model, set_trainable(model, None), cut)
+    views, val, _ = training.cached_outputs(model, part, data, config.head.views, config.seed, keep_cut=cut,
+                                            probe=feature_cache.probe_of(config), progress=progress)
+    return model, part, views, val
 
 
 def tensorboard_dir(run: Run) -> Path:

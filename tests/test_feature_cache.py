@@ -20,9 +20,8 @@ from core.data import datasets, image_cache
 from core.data.array_store import TMP_PREFIX, ArrayStore
 from core.model.augmentation import build_augmentation
 from core.model.build import build_model, set_trainable
-from core.training import feature_cache
+from core.training import feature_cache, runs
 from core.training import phases as training
-from core.training import runs
 from core.training.jobs import Progress
 from tests.helpers import make_colour_folders
 
@@ -41,10 +40,9 @@ def test_an_entry_round_trips_as_memory_maps(tmp_path):
 
 def test_an_interrupted_write_is_never_read(tmp_path):
     store = ArrayStore(tmp_path)
-    with pytest.raises(RuntimeError):
-        with store.writer("k") as writer:
-            writer.array("0", (4, 2), "float32")[:2] = 1.0
-            raise RuntimeError("killed half-way")
+    with pytest.raises(RuntimeError), store.writer("k") as writer:
+        writer.array("0", (4, 2), "float32")[:2] = 1.0
+        raise RuntimeError("killed half-way")
     assert store.get("k") is None and not store.contains("k") and list(tmp_path.iterdir()) == []
     # A writer killed outright leaves its temporary folder: readers never see it.
     (tmp_path / f"{TMP_PREFIX}k-dead").mkdir()
