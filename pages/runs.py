@@ -12,6 +12,7 @@ from core.config import RunConfig
 from core.errors import UserError
 from core.results import compare, export
 from core.training import runs
+from pages import _quick_tries as quick_tries
 from pages._common import job_manager, runs_dir, show_error, state, user_errors
 
 EXPORT_FOLDER = "export"
@@ -296,3 +297,4 @@ else:
     manage_run(rows)
 
 comparison_section()
+quick_tries.cache_section_ui()

@@ -90,7 +90,7 @@ def test_the_sweep_trains_its_best_trial_as_a_run_that_loads_and_fine_tunes(tmp_
     assert best.config.head.learning_rate == pytest.approx(record["best"]["learning_rate"])
     assert best.config.model.hidden_units == record["best"]["hidden_units"]
     assert best.read_json("metrics.json")["head"]["feature_cache"]["computed"] == 0  # the sweep's features
-    model, classes = workflow.load_run_model(best, "head")
+    model, _ = workflow.load_run_model(best, "head")
     assert model.get_layer("dropout").rate == pytest.approx(record["best"]["dropout"])
     metrics = workflow.fine_tune_job(best, Progress())
     assert metrics["fine_tune"]["epochs"] == 1 and metrics["fine_tune"]["feature_cache"]["computed"] == 0
