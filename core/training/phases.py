@@ -52,7 +52,8 @@ def select_strategy(devices: list[str] | None = None) -> tf.distribute.Strategy:
 @dataclass
 class PhaseResult:
     """What one phase did: its epochs, the path it took, whether it was stopped,
-    the validation score before training, and the best and final weights."""
+    the validation score before training, the best and final weights, and which
+    feature-cache entries it read and computed."""
 
     phase: str
     path: str  # "features" (fast path) or "full"
