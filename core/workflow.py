@@ -18,7 +18,7 @@ from pathlib import Path
 import keras
 
 from core import config as config_io
-from core.config import RunConfig, TrainConfig
+from core.config import DEFAULT_FINE_TUNE, RunConfig, TrainConfig
 from core.data import datasets
 from core.data.datasets import ImageData
 from core.errors import UserError
@@ -206,12 +206,20 @@ def tensorboard_dir(run: Run) -> Path:
 
 def _fine_tune_cut(model: keras.Model, config: RunConfig) -> int | None:
     """The backbone layer fine-tuning will start from, when its fast path can read
-    activations stored during head training (a cut strictly inside the backbone)."""
-    tune = config.fine_tune
-    if tune is None or not tune.fast_path or not config.head.fast_path:
+    activations stored during head training (a cut strictly inside the backbone).
+
+    A head-only run (the Train head page's) stores them at the Fine-tune page's
+    default cut (`DEFAULT_FINE_TUNE`), where the backbone has that layer, so a
+    fine-tuning with the defaults runs no frozen layer again.
+    """
+    tune = config.fine_tune or DEFAULT_FINE_TUNE
+    if not tune.fast_path or not config.head.fast_path:
         return None
     backbone = get_backbone(model)
-    cut = first_trainable_index(backbone, tune.fine_tune_at)
+    try:
+        cut = first_trainable_index(backbone, tune.fine_tune_at)
+    except UserError:  # the default cut is past the end of a small backbone
+        return None
     return cut if 0 < cut < len(backbone.layers) else None
 
 
