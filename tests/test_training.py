@@ -205,7 +205,6 @@ def test_training_on_two_logical_cpu_devices(tmp_path):
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         import numpy as np
         from core.data import datasets
-from core.data.array_store import ArrayStore
         from core.training import phases as training
         from core.config import DataConfig, ModelConfig, TrainConfig
         from core.model.build import build_model
