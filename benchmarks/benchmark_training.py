@@ -5,8 +5,16 @@ weights. Each side runs in its own process (so peak memory is its own) and
 reports the time of its head stage and fine-tuning stage, its validation
 accuracy, and the accuracy of its final model on all 300 validation images.
 
-    python benchmarks/benchmark_training.py            # both, then the table
+    python benchmarks/benchmark_training.py            # all, then the tables
     python benchmarks/benchmark_training.py --only ours
+    python benchmarks/benchmark_training.py --quick    # a small subset, to check the script works
+
+Besides the recipe against our defaults it measures the quick tries, each next to
+its target: a second head run that changes only head settings (features read from
+the feature cache), the learning-rate finder, a 20-trial sweep, the cold head
+stage's time breakdown with the network-only limit beside it, held-out accuracy
+with 1, 2 and 3 stored views, and a scale run on generated small JPEGs (50,000 at
+full size) for peak memory and time per image.
 
 Timings exclude Python/TensorFlow start-up on both sides and include reading
 the images, building the model, training and evaluating.
@@ -17,16 +25,33 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 DATA = SHARED / "datasets" / "cats_vs_dogs"
 SIZE = 160
+QUICK_PER_CLASS = 60  # --quick: training images per class (validation: a third of that)
+SCALE_IMAGES = 50_000
+QUICK_SCALE_IMAGES = 1_000
+SCALE_RSS_LIMIT_MB = 4096
+
+
+def quick_subset(per_class: int = QUICK_PER_CLASS) -> Path:
+    """A small copy (symlinks) of cats_vs_dogs: `per_class` training images per class."""
+    root = Path(tempfile.mkdtemp(prefix="bench-quick-"))
+    for split, count in (("train", per_class), ("validation", max(per_class // 3, 10))):
+        for class_dir in sorted((DATA / split).iterdir()):
+            (root / split / class_dir.name).mkdir(parents=True)
+            for image in sorted(class_dir.iterdir())[:count]:
+                (root / split / class_dir.name / image.name).symlink_to(image)
+    return root
 
 
 def use_shared_weights() -> None:
@@ -43,7 +68,7 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def recipe() -> dict:
+def recipe(data: Path = DATA, epochs: int = 10) -> dict:
     """The tutorial, step by step: image_dataset_from_directory at 160 px, flip and
     rotation 0.2, frozen MobileNetV2 called with training=False, GAP, Dropout 0.2,
     Dense(1); Adam 1e-4 for 10 epochs; then layers from 100 on unfrozen, RMSprop
@@ -53,9 +78,9 @@ def recipe() -> dict:
 
     keras.utils.set_random_seed(1)
     started = time.perf_counter()
-    train = keras.utils.image_dataset_from_directory(DATA / "train", shuffle=True, batch_size=32,
+    train = keras.utils.image_dataset_from_directory(data / "train", shuffle=True, batch_size=32,
                                                      image_size=(SIZE, SIZE), verbose=False)
-    validation = keras.utils.image_dataset_from_directory(DATA / "validation", shuffle=True, batch_size=32,
+    validation = keras.utils.image_dataset_from_directory(data / "validation", shuffle=True, batch_size=32,
                                                           image_size=(SIZE, SIZE), verbose=False)
     full_validation = validation
     batches = validation.cardinality()
@@ -75,7 +100,7 @@ def recipe() -> dict:
     loss = keras.losses.BinaryCrossentropy(from_logits=True)
     accuracy = keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")
     model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=loss, metrics=[accuracy])
-    head = model.fit(train, epochs=10, validation_data=validation, verbose=0)
+    head = model.fit(train, epochs=epochs, validation_data=validation, verbose=0)
     head_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -83,7 +108,7 @@ def recipe() -> dict:
     for layer in base.layers[:100]:
         layer.trainable = False
     model.compile(optimizer=keras.optimizers.RMSprop(1e-5), loss=loss, metrics=[accuracy])
-    tuned = model.fit(train, epochs=20, initial_epoch=10, validation_data=validation, verbose=0)
+    tuned = model.fit(train, epochs=2 * epochs, initial_epoch=epochs, validation_data=validation, verbose=0)
     fine_tune_seconds = time.perf_counter() - started
     return {
         "head_seconds": head_seconds,
@@ -94,8 +119,75 @@ def recipe() -> dict:
     }
 
 
-def ours() -> dict:
-    """Our defaults, through the same job the dashboard and the CLI run."""
+class StageClock:
+    """A `Progress` that adds up wall time per kind of stage the job reports."""
+
+    KINDS = (("reading images", "decode"), ("loading data", "decode"), ("(validation)", "backbone (validation)"),
+             ("extracting", "augmentation + backbone (views)"), ("training", "head training"))
+
+    def __init__(self):
+        from core.training.jobs import Progress
+
+        self.progress, self.times = Progress(), defaultdict(float)
+        self.kind, self.since = None, time.perf_counter()
+
+    def __getattr__(self, name):
+        return getattr(self.progress, name)
+
+    def update(self, **fields):
+        self.progress.update(**fields)
+        stage = str(fields.get("stage", ""))
+        if stage:
+            self.switch(next((kind for text, kind in self.KINDS if text in stage), "other"))
+
+    def switch(self, kind):
+        now = time.perf_counter()
+        if self.kind is not None:
+            self.times[self.kind] += now - self.since
+        self.kind, self.since = kind, now
+
+
+def timed(fn, *args, **kwargs):
+    started = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - started
+
+
+def network_limits(data_dir: Path, views: int) -> dict:
+    """The limit: seconds of the frozen MobileNetV2 alone (one compiled pass, no augmentation)
+    over `views` x the training images plus validation, and of the augmentation alone."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from core.config import AugmentConfig, DataConfig
+    from core.data import datasets
+    from core.model.augmentation import build_augmentation
+
+    data = datasets.load_cached(DataConfig(source="folder", name=str(data_dir), image_size=SIZE), Path("/"))
+    base = keras.applications.MobileNetV2(input_shape=(SIZE, SIZE, 3), include_top=False, weights="imagenet")
+    forward = tf.function(lambda x: base(keras.applications.mobilenet_v2.preprocess_input(x), training=False))
+    augment = build_augmentation(AugmentConfig(), seed=0)
+    train, val = data.splits["train"][0], data.splits["validation"][0]
+    forward(tf.zeros((32, SIZE, SIZE, 3)))  # trace once, outside the timing
+
+    def over(images, fn):
+        started = time.perf_counter()
+        for start in range(0, len(images), 32):
+            np.asarray(fn(tf.cast(images[start:start + 32], tf.float32)))
+        return time.perf_counter() - started
+
+    per_pass = over(train, forward)
+    return {"backbone_limit": views * per_pass + over(val, forward),
+            "augmentation_alone": views * over(train, lambda x: augment(x, training=True)),
+            "images_per_second_alone": len(train) / per_pass}
+
+
+def ours(data_dir: Path = DATA, quick: bool = False) -> dict:
+    """Our defaults, through the same jobs the dashboard and the CLI run, on a cold cache;
+    then the quick tries on the warm one."""
+    import dataclasses
+
     from core import workflow
     from core.config import DEFAULT_FINE_TUNE, DataConfig, RunConfig
     from core.data.datasets import load_labelled
@@ -103,31 +195,100 @@ def ours() -> dict:
     from core.training import runs
     from core.training.jobs import Progress
 
-    config = RunConfig(data=DataConfig(source="folder", name=str(DATA), image_size=SIZE), fine_tune=DEFAULT_FINE_TUNE)
-    run = runs.Run.create(Path(tempfile.mkdtemp(prefix="bench-runs-")), config)
-    started = time.perf_counter()
-    kept: dict = {}
-    head = workflow.head_job(run, Progress(), Path("/"), keep=kept)["head"]
-    head_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    tuned = workflow.fine_tune_job(run, Progress(), Path("/"), reuse=kept.get("activations"))["fine_tune"]
-    fine_tune_seconds = time.perf_counter() - started
+    os.environ["TL_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-cache-")  # cold: no decoded images, no features
+    runs_dir = Path(tempfile.mkdtemp(prefix="bench-runs-"))
+    config = RunConfig(data=DataConfig(source="folder", name=str(data_dir), image_size=SIZE), fine_tune=DEFAULT_FINE_TUNE)
+    run = runs.Run.create(runs_dir, config)
+    clock = StageClock()
+    head, head_seconds = timed(workflow.head_job, run, clock, Path("/"))
+    clock.switch(None)
+    head = head["head"]
+    # The clock splits decoding and extraction; train_phase's own duration (metrics) ends
+    # where evaluation on the test split and saving the models begin.
+    breakdown = {kind: seconds for kind, seconds in clock.times.items() if kind != "head training"}
+    extraction = sum(seconds for kind, seconds in breakdown.items() if kind != "decode")
+    breakdown["head training (incl. the untrained head's score)"] = head["seconds"] - extraction
+    breakdown["evaluation + saving"] = head_seconds - breakdown.get("decode", 0.0) - head["seconds"]
+    tuned, fine_tune_seconds = timed(workflow.fine_tune_job, run, Progress(), Path("/"))
+    tuned = tuned["fine_tune"]
     model, classes = workflow.load_run_model(run)
-    images, labels, _ = load_labelled(DATA / "validation", classes, SIZE)
-    return {
+    images, labels, _ = load_labelled(data_dir / "validation", classes, SIZE)
+    result = {
         "head_seconds": head_seconds,
         "fine_tune_seconds": fine_tune_seconds,
         "head_val_accuracy": head["val_accuracy"],
         "val_accuracy": tuned["val_accuracy"],
         "all_validation_accuracy": evaluation.evaluate(model, images, labels, classes)["accuracy"],
         "training_path": head["path"],
+        "breakdown": breakdown,
+        "train_images": int(sum(1 for _ in (data_dir / "train").rglob("*.*"))),
     }
+    # A second head run that changes only head settings: decoded images and features come from the caches.
+    second = dataclasses.replace(config, model=dataclasses.replace(config.model, dropout=0.3),
+                                 head=dataclasses.replace(config.head, learning_rate=5e-4), fine_tune=None)
+    second_metrics, result["second_head_seconds"] = timed(workflow.head_job, runs.Run.create(runs_dir, second),
+                                                          Progress(), Path("/"))
+    result["second_head_computed"] = second_metrics["head"]["feature_cache"]["computed"]
+    _, result["lr_find_seconds"] = timed(workflow.lr_find_job, runs.Run.create(runs_dir, config), Progress(), Path("/"))
+    trials = 3 if quick else 20
+    _, result["sweep_seconds"] = timed(workflow.sweep_job, runs.Run.create(runs_dir, config), Progress(), Path("/"),
+                                       trials=trials)
+    result["sweep_trials"] = trials
+    # Held-out accuracy with 1, 2 and 3 stored views (3 first: 1 and 2 then read its first views).
+    result["views"] = {}
+    for views in (3, 1, 2):
+        with_views = dataclasses.replace(config, head=dataclasses.replace(config.head, views=views), fine_tune=None)
+        view_run = runs.Run.create(runs_dir, with_views)
+        workflow.head_job(view_run, Progress(), Path("/"))
+        view_model, _ = workflow.load_run_model(view_run, "head")
+        result["views"][views] = evaluation.evaluate(view_model, images, labels, classes)["accuracy"]
+    result.update(network_limits(data_dir, config.head.views))
+    return result
 
 
-def measure(name: str) -> dict:
-    """Run one side in a fresh process and return its figures."""
-    done = subprocess.run([sys.executable, __file__, "--only", name, "--json"], capture_output=True, text=True,
-                          cwd=ROOT, check=False)
+def make_scale_dataset(count: int) -> Path:
+    """`count` small JPEGs at 160 px in two classes (80/20 train/validation), generated; not committed."""
+    import numpy as np
+    from PIL import Image
+
+    root = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (SIZE, SIZE, 3)).astype("uint8")
+    for index in range(count):
+        split = "validation" if index % 5 == 0 else "train"
+        label = index % 2
+        folder = root / split / ("warm" if label else "cool")
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = np.roll(base, int(rng.integers(0, SIZE)), axis=int(rng.integers(0, 2))).astype("int16")
+        pixels[..., 0 if label else 2] += 60
+        Image.fromarray(np.clip(pixels, 0, 255).astype("uint8")).save(folder / f"{index:06d}.jpg", quality=85)
+    return root
+
+
+def scale(count: int) -> dict:
+    """A cold head stage (defaults) on `count` generated JPEGs: its time per training image and peak memory."""
+    from core import workflow
+    from core.config import DataConfig, RunConfig
+    from core.training import runs
+    from core.training.jobs import Progress
+
+    data_dir = make_scale_dataset(count)
+    os.environ["TL_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-cache-")
+    config = RunConfig(data=DataConfig(source="folder", name=str(data_dir), image_size=SIZE))
+    run = runs.Run.create(Path(tempfile.mkdtemp(prefix="bench-runs-")), config)
+    try:
+        _, seconds = timed(workflow.head_job, run, Progress(), Path("/"))
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        shutil.rmtree(os.environ["TL_CACHE_DIR"], ignore_errors=True)
+    train = count - (count + 4) // 5
+    return {"images": count, "head_seconds": seconds, "seconds_per_image": seconds / train}
+
+
+def measure(name: str, quick: bool) -> dict:
+    """Run one part in a fresh process and return its figures."""
+    command = [sys.executable, __file__, "--only", name, "--json"] + (["--quick"] if quick else [])
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
     if done.returncode != 0:
         sys.exit(f"{name} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -150,24 +311,64 @@ def table(reference: dict, our: dict) -> str:
     return "\n".join(lines)
 
 
+def quick_tries_table(reference: dict, our: dict, scaled: dict) -> str:
+    """Each quick-tries figure next to its target and the recipe."""
+    recipe_head, cold = reference["head_seconds"], our["head_seconds"]
+    per_image = cold / our["train_images"]
+    lines = ["| | measured | target | recipe / reference | ratio |", "|---|---|---|---|---|",
+             f"| Cold head stage (s) | {cold:.1f} | >= 8x faster | {recipe_head:.1f} | {recipe_head / cold:.1f}x |",
+             f"| Whole pipeline (s) | {our['total_seconds']:.1f} | >= 8x faster | {reference['total_seconds']:.1f} | "
+             f"{reference['total_seconds'] / our['total_seconds']:.1f}x |",
+             f"| Second head run, head settings only (s) | {our['second_head_seconds']:.1f} | >= 50x faster | "
+             f"{recipe_head:.1f} | {recipe_head / our['second_head_seconds']:.1f}x "
+             f"(features computed: {our['second_head_computed']}) |",
+             f"| Learning-rate finder on cached features (s) | {our['lr_find_seconds']:.1f} | <= 5 s | | |",
+             f"| {our['sweep_trials']}-trial sweep, best trained as a run (s) | {our['sweep_seconds']:.1f} | "
+             f"<= 2x cold head stage ({2 * cold:.1f}) | {cold:.1f} | {our['sweep_seconds'] / cold:.1f}x |",
+             f"| Scale: {scaled['images']:,} JPEGs, peak memory (MB) | {scaled['peak_memory_mb']:.0f} | "
+             f"<= {SCALE_RSS_LIMIT_MB} | | |",
+             f"| Scale: time per training image (ms) | {1000 * scaled['seconds_per_image']:.1f} | "
+             f"<= 1.3x of {1000 * per_image:.1f} | {1000 * per_image:.1f} | {scaled['seconds_per_image'] / per_image:.2f}x |"]
+    lines += ["", "Cold head stage, where the time goes:", "", "| part | seconds | limit |", "|---|---|---|"]
+    limits = {"augmentation + backbone (views)": f"{our['backbone_limit']:.1f} s network alone (views + validation, "
+                                                 f"{our['images_per_second_alone']:.0f} images/s) + "
+                                                 f"{our['augmentation_alone']:.1f} s augmentation alone"}
+    for part, seconds in our["breakdown"].items():
+        lines.append(f"| {part} | {seconds:.1f} | {limits.get(part, '')} |")
+    lines += ["", "Held-out accuracy (all validation images) by stored views:", "",
+              "| views | accuracy |", "|---|---|"]
+    lines += [f"| {views} | {accuracy:.3f} |" for views, accuracy in sorted(our["views"].items())]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["recipe", "ours"])
+    parser.add_argument("--only", choices=["recipe", "ours", "scale"])
     parser.add_argument("--json", action="store_true", help="print one JSON line (used between processes)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK_PER_CLASS} images per class, 1+1 recipe epochs, 3 trials, "
+                             f"{QUICK_SCALE_IMAGES:,} scale images: checks the script, measures nothing")
     args = parser.parse_args()
     if args.only:
         use_shared_weights()
         sys.path.insert(0, str(ROOT))
-        result = (recipe if args.only == "recipe" else ours)()
-        result["total_seconds"] = result["head_seconds"] + result["fine_tune_seconds"]
+        data = quick_subset() if args.quick else DATA
+        if args.only == "scale":
+            result = scale(QUICK_SCALE_IMAGES if args.quick else SCALE_IMAGES)
+        else:
+            result = recipe(data, 1 if args.quick else 10) if args.only == "recipe" else ours(data, args.quick)
+            result["total_seconds"] = result["head_seconds"] + result["fine_tune_seconds"]
         result["peak_memory_mb"] = peak_memory_mb()
         print(json.dumps(result) if args.json else json.dumps(result, indent=2))
         return
-    reference, our = measure("recipe"), measure("ours")
+    reference, our, scaled = (measure(name, args.quick) for name in ("recipe", "ours", "scale"))
     print(table(reference, our))
     print(f"\nHead stage: {reference['head_seconds'] / our['head_seconds']:.1f}x faster; whole pipeline: "
           f"{reference['total_seconds'] / our['total_seconds']:.1f}x faster; "
-          f"{os.cpu_count()} CPU cores, no GPU.")
+          f"{os.cpu_count()} CPU cores, no GPU.\n")
+    print(quick_tries_table(reference, our, scaled))
+    if args.quick:
+        print("\n--quick: a small subset; these figures check the script and are not measurements.")
 
 
 if __name__ == "__main__":

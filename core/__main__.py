@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -14,9 +15,9 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from core import settings
-from core.config import ModelConfig  # noqa: E402
-from core.errors import UserError  # noqa: E402
-from core.model.backbones import BACKBONES, DEFAULT_BACKBONE  # noqa: E402
+from core.config import ModelConfig
+from core.errors import UserError
+from core.model.backbones import BACKBONES, DEFAULT_BACKBONE
 
 USER_ERROR_EXIT = 2
 
@@ -54,17 +55,40 @@ def _add_summary(commands) -> None:
 
 def train(args: argparse.Namespace) -> dict:
     """Train headless, exactly as the dashboard does, with a progress bar on stderr."""
+    from core.data.report import REPORT_FILE
+    from core.results.chance import chance_level_warning
+    from core.workflow import full_job
+
+    run, root = _new_run(args)
+    status = _run_job(run, functools.partial(full_job, data_root=root))
+    report = run.read_json(REPORT_FILE, default=None)
+    metrics = run.read_json("metrics.json", default={})
+    head_metrics, fine_metrics = metrics.get("head", {}), metrics.get("fine_tune", {})
+    last = fine_metrics or head_metrics
+    seconds = [head_metrics.get("seconds", 0.0), fine_metrics.get("seconds", 0.0)]
+    warning = chance_level_warning(last.get("val_accuracy"), list((report or {}).get("counts", {}).get("validation", {}).values()))
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    return {
+        "chance_level_warning": warning,
+        "run_dir": str(run.path), "status": status["status"],
+        "head_val_accuracy": head_metrics.get("val_accuracy"), "val_accuracy": last.get("val_accuracy"),
+        "head_test_accuracy": head_metrics.get("test_accuracy"), "test_accuracy": last.get("test_accuracy"),
+        "training_path": head_metrics.get("path"),
+        "seconds_head": seconds[0], "seconds_fine_tune": seconds[1], "seconds_total": round(sum(seconds), 2),
+    }
+
+
+def _new_run(args: argparse.Namespace):
+    """A new run of the config the arguments describe (train's, sweep's and lr-find's), and
+    the data root its folder is relative to."""
     import dataclasses
     from pathlib import Path
 
     from core import config as config_io
     from core.config import DEFAULT_FINE_TUNE, RunConfig
-    from core.data.report import REPORT_FILE, format_report
     from core.model import augmentation
-    from core.results.chance import chance_level_warning
     from core.training import runs
-    from core.training.jobs import JobManager
-    from core.workflow import full_job
 
     run_config = config_io.loads(Path(args.config).read_text()) if args.config else RunConfig(fine_tune=DEFAULT_FINE_TUNE)
     data = run_config.data
@@ -88,33 +112,51 @@ def train(args: argparse.Namespace) -> dict:
         seed=args.seed if args.seed is not None else run_config.seed,
     )
     run = runs.Run.create(args.runs_dir or settings.runs_dir(), run_config)
-    manager = JobManager()
     # Paths given here are absolute; a folder name in a dashboard's config.json is
     # relative to the data root, as it was on the server.
     root = Path("/") if Path(data.name).is_absolute() else settings.data_root()
-    job = manager.submit(run, lambda run, progress: full_job(run, progress, data_root=root))
-    _follow(manager, job)
+    return run, root
+
+
+def _run_job(run, job) -> dict:
+    """Run `job` on `run` through a JobManager, following its progress, and return the run's
+    status; a failure becomes a UserError."""
+    from core.data.report import REPORT_FILE, format_report
+    from core.training import runs
+    from core.training.jobs import JobManager
+
+    manager = JobManager()
+    _follow(manager, manager.submit(run, job))
     report = run.read_json(REPORT_FILE, default=None)
-    if report:
+    if report:  # what the data held, as the Data page shows it: also when it was refused
         print(format_report(report), file=sys.stderr)
     status = run.status()
     if status["status"] == runs.FAILED:
         raise UserError(f"Training failed: {status.get('error')}", status.get("hint") or f"See {run.path / runs.LOG_FILE}.")
-    metrics = run.read_json("metrics.json", default={})
-    head_metrics, fine_metrics = metrics.get("head", {}), metrics.get("fine_tune", {})
-    last = fine_metrics or head_metrics
-    seconds = [head_metrics.get("seconds", 0.0), fine_metrics.get("seconds", 0.0)]
-    warning = chance_level_warning(last.get("val_accuracy"), list((report or {}).get("counts", {}).get("validation", {}).values()))
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
-    return {
-        "chance_level_warning": warning,
-        "run_dir": str(run.path), "status": status["status"],
-        "head_val_accuracy": head_metrics.get("val_accuracy"), "val_accuracy": last.get("val_accuracy"),
-        "head_test_accuracy": head_metrics.get("test_accuracy"), "test_accuracy": last.get("test_accuracy"),
-        "training_path": head_metrics.get("path"),
-        "seconds_head": seconds[0], "seconds_fine_tune": seconds[1], "seconds_total": round(sum(seconds), 2),
-    }
+    return status
+
+
+def sweep(args: argparse.Namespace) -> dict:
+    """A search over head settings on cached features; the best trial is trained as a normal run."""
+    from core import workflow
+
+    run, root = _new_run(args)
+    _run_job(run, functools.partial(workflow.sweep_job, data_root=root, trials=args.trials))
+    record = run.read_json(workflow.SWEEP_FILE, default={})
+    best_run = record.get("best_run")
+    return {"sweep_dir": str(run.path), "trials": record.get("trials", []), "best": record.get("best"),
+            "best_run_dir": str(run.path.parent / best_run) if best_run else None}
+
+
+def lr_find(args: argparse.Namespace) -> dict:
+    """The learning-rate finder for the head on cached features."""
+    from core import workflow
+
+    run, root = _new_run(args)
+    _run_job(run, functools.partial(workflow.lr_find_job, data_root=root))
+    found = run.read_json(workflow.LR_FIND_FILE, default={}).get("head", {})
+    return {"run_dir": str(run.path), "suggestion": found.get("suggestion"), "rates": found.get("rates"),
+            "losses": found.get("losses")}
 
 
 def _replace(config, **changes):
@@ -230,6 +272,24 @@ def _probability(text: str) -> float:
 
 def _add_train(commands) -> None:
     parser = commands.add_parser("train", help="train the head, then fine-tune (headless)")
+    _add_run_arguments(parser)
+    parser.set_defaults(command=train)
+
+
+def _add_sweep(commands) -> None:
+    parser = commands.add_parser("sweep", help="search head settings on cached features (Optuna); train the best")
+    _add_run_arguments(parser)
+    parser.add_argument("--trials", type=int, default=20)
+    parser.set_defaults(command=sweep)
+
+
+def _add_lr_find(commands) -> None:
+    parser = commands.add_parser("lr-find", help="the learning-rate finder for the head, on cached features")
+    _add_run_arguments(parser)
+    parser.set_defaults(command=lr_find)
+
+
+def _add_run_arguments(parser) -> None:
     parser.add_argument("--data", help="DIR/{train,validation[,test]}/<class>/ or DIR/<class>/")
     parser.add_argument("--test-data", help="a separate folder of class folders used as the test split")
     parser.add_argument("--backbone", choices=list(BACKBONES))
@@ -246,7 +306,6 @@ def _add_train(commands) -> None:
                         help="leave out validation/test images that copy a training image")
     parser.add_argument("--runs-dir")
     parser.add_argument("--config", help="a run's config.json (e.g. exported from the dashboard)")
-    parser.set_defaults(command=train)
 
 
 def _add_evaluate(commands) -> None:
@@ -285,6 +344,8 @@ def make_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="command")
     _add_summary(commands)
     _add_train(commands)
+    _add_sweep(commands)
+    _add_lr_find(commands)
     _add_evaluate(commands)
     _add_predict(commands)
     _add_export(commands)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from core.errors import UserError
+
 
 def data_root() -> Path:
     """The only folder the "folder" source may read from: `$TL_DATA_ROOT`, else `./data`."""
@@ -33,3 +35,34 @@ def keras_models_dir() -> Path:
 def tfds_data_dir() -> Path:
     """TensorFlow Datasets' download and prepare folder: `$TFDS_DATA_DIR`, else `~/tensorflow_datasets`."""
     return Path(os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets")
+
+
+def feature_cache_dir() -> Path:
+    """The feature cache (frozen-part outputs): `<cache dir>/features`."""
+    return cache_dir() / "features"
+
+
+def image_cache_dir() -> Path:
+    """The decoded-image cache: `<cache dir>/images`."""
+    return cache_dir() / "images"
+
+
+def feature_cache_bytes() -> int:
+    """Bound of the feature cache in bytes: `$TL_FEATURE_CACHE_GB` gigabytes (10**9 bytes), else 10 GB."""
+    return _gigabytes("TL_FEATURE_CACHE_GB", 10.0)
+
+
+def image_cache_bytes() -> int:
+    """Bound of the decoded-image cache in bytes: `$TL_IMAGE_CACHE_GB` gigabytes, else 20 GB."""
+    return _gigabytes("TL_IMAGE_CACHE_GB", 20.0)
+
+
+def _gigabytes(variable: str, default: float) -> int:
+    text = os.environ.get(variable) or ""
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        raise UserError(f"{variable}={text!r} is not a number.",
+                        f"Set {variable} to a size in gigabytes, e.g. {variable}={default:g}.") from None
+    return int(max(value, 0.0) * 1e9)
+

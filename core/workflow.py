@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from pathlib import Path
 
 import keras
 
-from core.config import RunConfig, TrainConfig
+from core import config as config_io
+from core.config import DEFAULT_FINE_TUNE, RunConfig, TrainConfig
 from core.data import datasets
 from core.data.datasets import ImageData
 from core.data.report import REPORT_FILE, data_report
 from core.errors import UserError
 from core.model.augmentation import build_augmentation
-from core.model.build import build_model, first_trainable_index, get_backbone
+from core.model.build import build_model, first_trainable_index, get_backbone, set_trainable
 from core.results import evaluation, export
+from core.training import feature_cache, lr_finder, runs, sweep
 from core.training import phases as training
 from core.training.runs import Run
 
@@ -64,11 +67,12 @@ def _stoppable(job):
 
 
 @_stoppable
-def head_job(run: Run, progress, data_root: Path | None = None, keep: dict | None = None) -> dict:
+def head_job(run: Run, progress, data_root: Path | None = None) -> dict:
     """Build the model from the run's config and train its head (backbone frozen).
 
-    With `keep` (a dict), the frozen layers' activations at the run's fine-tuning
-    cut are kept in keep["activations"] for `fine_tune_job` to reuse.
+    On the fast path the features come from the feature cache where they match;
+    when the config also asks for fine-tuning, the activations at its cut are
+    stored there in the same pass, for `fine_tune_job` (in this process or another).
     """
     config, data = _data(run, progress, data_root)
     run.write_json(CLASSES_FILE, data.class_names)
@@ -76,13 +80,11 @@ def head_job(run: Run, progress, data_root: Path | None = None, keep: dict | Non
     with training.select_strategy().scope():
         model = build_model(config.model, data.num_classes, config.data.image_size,
                             build_augmentation(config.augment, seed=config.seed))
-        keep_cut = _fine_tune_cut(model, config) if keep is not None else None
         result = training.train_phase(
-            model, data, config.head, "head", batch_size=config.data.batch_size,
-            seed=config.seed, progress=progress, on_epoch=run.append_history, keep_cut=keep_cut,
+            model, data, config.head, "head", batch_size=config.data.batch_size, seed=config.seed,
+            progress=progress, on_epoch=run.append_history, keep_cut=_fine_tune_cut(model, config),
+            probe=feature_cache.probe_of(config), log_dir=tensorboard_dir(run),
         )
-    if keep is not None:
-        keep["activations"] = result.activations
     if config.head.epochs == 0:  # explicit override: fine-tune on an untrained head
         run.log("head: 0 epochs asked for; the untrained head is saved as it is.")
         for kind in ("head", "final"):
@@ -91,10 +93,10 @@ def head_job(run: Run, progress, data_root: Path | None = None, keep: dict | Non
 
 
 @_stoppable
-def fine_tune_job(run: Run, progress, data_root: Path | None = None,
-                  reuse: training.Activations | None = None) -> dict:
-    """Load the run's head-trained model and fine-tune it per `config.fine_tune`
-    (reusing cached activations of the same frozen layers when given)."""
+def fine_tune_job(run: Run, progress, data_root: Path | None = None) -> dict:
+    """Load the run's head-trained model and fine-tune it per `config.fine_tune`; the
+    activations at the cut come from the feature cache where the head job (or an
+    earlier run) stored them."""
     config, data = _data(run, progress, data_root)
     if config.fine_tune is None:
         raise UserError(f"Run {run.id} has no fine-tuning settings.", "Choose them on the Fine-tune page.")
@@ -107,28 +109,124 @@ def fine_tune_job(run: Run, progress, data_root: Path | None = None,
         model = export.load_model_safe(run.model_path("final"))
         result = training.train_phase(
             model, data, config.fine_tune, "fine_tune", batch_size=config.data.batch_size,
-            seed=config.seed + 1, epoch_offset=offset, progress=progress, on_epoch=run.append_history, reuse=reuse,
+            seed=config.seed + 1, views_seed=config.seed, epoch_offset=offset, progress=progress,
+            on_epoch=run.append_history, log_dir=tensorboard_dir(run),
         )
     return _finish_phase(run, model, data, result, config.fine_tune)
 
 
 def full_job(run: Run, progress, data_root: Path | None = None) -> dict:
     """Head training, then fine-tuning when the config asks for it (the CLI's job)."""
-    kept: dict = {}
-    metrics = head_job(run, progress, data_root, keep=kept)
+    metrics = head_job(run, progress, data_root)
     if run.config.fine_tune is not None and not progress.stop_requested:
-        metrics = fine_tune_job(run, progress, data_root, reuse=kept.get("activations"))
+        metrics = fine_tune_job(run, progress, data_root)
     return metrics
 
 
+LR_FIND_FILE = "lr_find.json"
+SWEEP_FILE = "sweep.json"
+
+
+@_stoppable
+def lr_find_job(run: Run, progress, data_root: Path | None = None, phase: str = "head") -> dict:
+    """The learning-rate finder (`core.training.lr_finder`) for the run's head, or with
+    `phase="fine_tune"` for its fine-tuning (on the run's trained head, from its cut),
+    on the feature cache's outputs (computed and stored first where missing).
+
+    Writes `lr_find.json` ({"head": result, "fine_tune": result}, see
+    `FinderResult`) into the run directory and returns that dict; trains nothing
+    that is saved. Raises UserError for fine-tuning without a trained head.
+    """
+    config, data = _data(run, progress, data_root)
+    labels = data.splits["train"][1]
+    if phase == "fine_tune":
+        tune = config.fine_tune
+        if tune is None or not run.model_path("head").is_file():
+            raise UserError(f"Run {run.id} has no trained head or no fine-tuning settings.",
+                            "Train the head and choose the unfreeze point first.")
+        model = export.load_model_safe(run.model_path("head"))
+        part = training.frozen_part(model, set_trainable(model, tune.fine_tune_at, tune.freeze_batchnorm))
+        views = training.cached_outputs(model, part, data, tune.views, config.seed, progress=progress)[0]
+        optimizer = tune.optimizer
+    else:
+        model, part, views, _ = _head_features(config, data, progress)
+        optimizer = config.head.optimizer
+    result = lr_finder.find_learning_rate(part.trainable, views, labels, data.num_classes, optimizer,
+                                          batch_size=config.data.batch_size, seed=config.seed, progress=progress)
+    found = {**run.read_json(LR_FIND_FILE, default={}), phase: result.to_dict()}
+    run.write_json(LR_FIND_FILE, found)
+    run.log(f"lr finder ({phase}): suggested learning rate {result.suggestion:.2e}")
+    return found
+
+
+@_stoppable
+def sweep_job(run: Run, progress, data_root: Path | None = None, trials: int = 20) -> dict:
+    """Search head settings (`core.training.sweep`) on the run's cached features, then
+    train the best trial's settings as a new normal run beside this one (its head
+    reads the same cached features), which the user can fine-tune.
+
+    Writes `sweep.json` ({"trials": rows, "best": row, "best_run": run id}) into
+    this run's directory, after every trial; returns it.
+    """
+    config, data = _data(run, progress, data_root)
+    _, _, views, val = _head_features(config, data, progress)
+    record = {"trials": [], "base": config_io.to_dict(config)}
+
+    def save(rows: list[dict]) -> None:
+        record["trials"] = rows
+        run.write_json(SWEEP_FILE, record)
+
+    rows = sweep.search(views, data.splits["train"][1], val, data.splits["validation"][1], data.num_classes, trials,
+                        config.data.batch_size, config.seed, progress, on_trial=save)
+    if not rows or progress.stop_requested:
+        return record
+    record["best"] = sweep.best_row(rows)
+    best_config = dataclasses.replace(sweep.apply(config, record["best"]), name=f"best of sweep {run.id}")
+    best = Run.create(run.path.parent, best_config)
+    record["best_run"] = best.id
+    run.write_json(SWEEP_FILE, record)
+    best.set_status(runs.RUNNING, started=time.time())
+    head_job(best, progress, data_root)
+    best.set_status(runs.STOPPED if progress.stop_requested else runs.FINISHED, finished=time.time())
+    run.log(f"sweep: {len(rows)} trials; best {record['best']}; trained as run {best.id}")
+    return record
+
+
+def _head_features(config: RunConfig, data: ImageData, progress):
+    """(model, frozen part, training views, validation) for head training with `config`,
+    the features from the feature cache (stored in the same pass: the activations at
+    the fine-tuning cut, as `head_job` does)."""
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(config.model, data.num_classes, config.data.image_size,
+                        build_augmentation(config.augment, seed=config.seed))
+    cut = _fine_tune_cut(model, config)
+    part = training.frozen_part(model, set_trainable(model, None), cut)
+    views, val, _ = training.cached_outputs(model, part, data, config.head.views, config.seed, keep_cut=cut,
+                                            probe=feature_cache.probe_of(config), progress=progress)
+    return model, part, views, val
+
+
+def tensorboard_dir(run: Run) -> Path:
+    """Where a run's TensorBoard event files go: `<run dir>/tensorboard` (so `tensorboard --logdir runs` works)."""
+    return run.path / "tensorboard"
+
+
 def _fine_tune_cut(model: keras.Model, config: RunConfig) -> int | None:
-    """The backbone layer fine-tuning will start from, when its fast path can reuse
-    activations computed during head training (a cut strictly inside the backbone)."""
-    tune = config.fine_tune
-    if tune is None or not tune.fast_path or not config.head.fast_path:
+    """The backbone layer fine-tuning will start from, when its fast path can read
+    activations stored during head training (a cut strictly inside the backbone).
+
+    A head-only run (the Train head page's) stores them at the Fine-tune page's
+    default cut (`DEFAULT_FINE_TUNE`), where the backbone has that layer, so a
+    fine-tuning with the defaults runs no frozen layer again.
+    """
+    tune = config.fine_tune or DEFAULT_FINE_TUNE
+    if not tune.fast_path or not config.head.fast_path:
         return None
     backbone = get_backbone(model)
-    cut = first_trainable_index(backbone, tune.fine_tune_at)
+    try:
+        cut = first_trainable_index(backbone, tune.fine_tune_at)
+    except UserError:  # the default cut is past the end of a small backbone
+        return None
     return cut if 0 < cut < len(backbone.layers) else None
 
 
@@ -186,6 +284,7 @@ def _finish_phase(run: Run, model: keras.Model, data: ImageData, result: trainin
         "seconds": round(result.seconds, 2),
         "val_accuracy": result.best_val_accuracy if config.restore_best else result.history[-1].get("val_accuracy"),
         "stopped": result.stopped,
+        "feature_cache": {kind: len(labels) for kind, labels in result.cache.items()},
     }
     test_images, test_labels = data.splits["test"]
     if len(test_labels):

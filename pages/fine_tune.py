@@ -8,6 +8,7 @@ from core import workflow
 from core.config import DEFAULT_FINE_TUNE, RunConfig, TrainConfig
 from core.model.build import OPTIMIZERS, count_params, get_backbone, set_trainable
 from core.training import runs
+from pages import _quick_tries as quick_tries
 from pages._common import job_manager, runs_dir, state, user_errors
 from pages._training import job_panel, open_run, preset_of, within
 
@@ -131,6 +132,7 @@ with user_errors():
     if learning_rate > head.learning_rate / 5:
         st.warning(f"{learning_rate:g} is close to the head's {head.learning_rate:g}: fine-tuning usually wants "
                    "a 10-100x lower rate.", icon=":material/warning:")
+    quick_tries.lr_finder_ui("fine_tune", run=run, fine_tune=fine_tune)
 
     if go:
         updated: RunConfig = dataclasses.replace(run.config, fine_tune=fine_tune)

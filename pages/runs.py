@@ -12,6 +12,7 @@ from core.data.report import REPORT_FILE
 from core.errors import UserError
 from core.results import compare, export, packaging, parity
 from core.training import runs
+from pages import _quick_tries as quick_tries
 from pages._common import job_manager, runs_dir, show_error, state, user_errors
 
 MODEL_KINDS = {"final": "Final (after the last phase)", "best": "Best epoch", "head": "Head only"}
@@ -334,3 +335,4 @@ else:
     manage_run(rows)
 
 comparison_section()
+quick_tries.cache_section_ui()

@@ -9,6 +9,7 @@ from core.data.report import REPORT_FILE
 from core.model.build import OPTIMIZERS
 from core.results.chance import chance_level_warning
 from core.training import runs
+from pages import _quick_tries as quick_tries
 from pages._common import current_data, job_manager, runs_dir, state, user_errors
 from pages._training import attached_run_id, job_panel, preset_of, within
 
@@ -79,6 +80,7 @@ st.session_state["head_config"] = head
 data = current_data()
 if data is not None and data.imbalance() > 3 and not head.class_weights:
     st.warning("Classes are unbalanced: consider class weights.", icon=":material/balance:")
+quick_tries.train_head_ui(head)
 
 if start and data is not None:
     with user_errors():

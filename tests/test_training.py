@@ -14,6 +14,7 @@ import pytest
 
 from core.config import AugmentConfig, DataConfig, ModelConfig, TrainConfig
 from core.data import datasets
+from core.data.array_store import ArrayStore
 from core.model.augmentation import build_augmentation
 from core.model.build import build_model, get_backbone, set_trainable
 from core.training import phases as training
@@ -62,20 +63,23 @@ def test_fine_tune_part_equals_the_full_model_across_residual_cut(data):
     np.testing.assert_allclose(predict(part.trainable, tuple(cached)), predict(model, images), atol=2e-2)
 
 
-def test_head_training_keeps_the_activations_fine_tuning_reuses(data):
+def test_fine_tuning_reads_the_activations_head_training_stored(data, tmp_path):
+    cache = ArrayStore(tmp_path)
     model = new_model(data)
-    result = training.train_phase(model, data, TrainConfig(epochs=1, views=2), "head", batch_size=16, keep_cut=100)
-    kept = result.activations
-    assert kept.cut == 100 and len(kept.train) == 2
-    fresh = training.extract(training.frozen_part(model, set_trainable(model, "100")),
-                             data.splits["validation"][0], augment=False)
-    for a, b in zip(kept.validation, fresh):
-        np.testing.assert_allclose(a.astype("float32"), b.astype("float32"), atol=1e-2)
+    head = training.train_phase(model, data, TrainConfig(epochs=1, views=2), "head", batch_size=16, keep_cut=100,
+                                cache=cache)
+    assert sorted(head.cache["computed"]) == sorted(
+        [f"{output} ({where})" for output in ("features", "cut100") for where in ("view 1", "view 2", "validation")])
     stages = Stages()
-    tuned = training.train_phase(model, data, TrainConfig(epochs=1, fine_tune_at="100"), "fine_tune",
-                                 batch_size=16, reuse=kept, progress=stages)
+    tuned = training.train_phase(model, data, TrainConfig(epochs=1, fine_tune_at="100", views=2), "fine_tune",
+                                 batch_size=16, progress=stages, cache=cache)
     assert tuned.path == "features" and len(tuned.history) == 1
+    assert tuned.cache == {"read": ["cut100 (view 1)", "cut100 (view 2)", "cut100 (validation)"], "computed": []}
     assert "training" in stages.seen and not any("extracting" in stage for stage in stages.seen)
+    stored = training.cached_outputs(model, training.frozen_part(model, 100), data, 1, 0, cache=cache)[1]
+    fresh = training.extract(training.frozen_part(model, 100), data.splits["validation"][0], augment=False)
+    for a, b in zip(stored, fresh):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_views_are_random_augmentations_and_validation_is_clean(data):
@@ -162,11 +166,13 @@ def test_stop_ends_after_the_current_batch(data):
     assert result.stopped and len(result.history) == 1  # the first epoch ended early, no second one
 
 
-def test_stop_during_feature_extraction(data):
+def test_stop_during_feature_extraction(data, tmp_path):
     progress = Progress()
     progress.request_stop()
     with pytest.raises(training.Stopped):
-        training.train_phase(new_model(data), data, TrainConfig(epochs=1), "head", progress=progress)
+        training.train_phase(new_model(data), data, TrainConfig(epochs=1), "head", progress=progress,
+                             cache=ArrayStore(tmp_path))
+    assert ArrayStore(tmp_path).entries() == []  # nothing half-written is kept
 
 
 def test_nan_loss_is_detected(data):

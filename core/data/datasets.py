@@ -7,6 +7,7 @@ through `tf_dataset()` (tf.data: shuffle, batch, prefetch).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 from collections import OrderedDict
@@ -17,7 +18,7 @@ import numpy as np
 
 from core import settings
 from core.config import DataConfig
-from core.data import corrections, demo_data, files, leakage
+from core.data import corrections, demo_data, files, image_cache, leakage
 from core.data.image_data import (  # noqa: F401 (re-exported)
     IMBALANCE_RATIO,
     SPLITS,
@@ -115,19 +116,56 @@ CACHE_SIZE = 2
 
 
 def load_cached(config: DataConfig, root: Path | None = None, progress: Progress | None = None) -> ImageData:
-    """`load`, cached in-process for the last few configs: the dashboard's pages and
-    its training jobs share one copy of the images."""
-    key = (config, str(root))
+    """`load`, through the on-disk decoded-image cache (`core.data.image_cache`), and
+    kept in-process for the last few configs: the dashboard's pages, its training
+    jobs and other processes share one decoded, memory-mapped copy of the images.
+    Raises what `load` raises."""
+    identity = data_identity(config, root)
+    key = repr(identity)
     with _CACHE_LOCK:
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
-    data = load(config, root=root, progress=progress)
+    data = image_cache.load(identity, lambda: load(config, root=root, progress=progress))
     with _CACHE_LOCK:
         _CACHE[key] = data
         while len(_CACHE) > CACHE_SIZE:
             _CACHE.popitem(last=False)
     return data
+
+
+def data_identity(config: DataConfig, root: Path | None = None) -> dict:
+    """What determines the images `load(config, root)` gives: the config and, for the
+    folder sources, every file's path, size and modification time (`os.stat`), so an
+    edited, added or removed file changes it. A TFDS dataset is named by its config
+    (TFDS versions its datasets). Raises the UserErrors of an unusable folder."""
+    identity = {"config": dataclasses.asdict(config)}
+    root = root or settings.data_root()
+    folders = []  # (folder, the root its links must stay under)
+    if config.source == "demo":
+        folders.append((demo_data.ensure_demo_dataset(), None))
+    elif config.source == "folder":
+        folders.append((files.resolve_under_root(root, config.name), root))
+    elif config.source == "zip":
+        stat = Path(config.name).stat()
+        identity["archive"] = [stat.st_size, stat.st_mtime_ns]
+    if config.test_folder:
+        folders.append((files.resolve_under_root(root, config.test_folder), root))
+    identity["files"] = [_files_identity(folder, confined_to) for folder, confined_to in folders]
+    return identity
+
+
+def _files_identity(folder: Path, root: Path | None) -> list:
+    scan = scan_folder(Path(folder), root)
+    paths = [path for classes in scan.layout.values() for class_files in classes.values() for path in class_files]
+    rows = [str(folder)]
+    for path in paths + [Path(s.path) for s in scan.skipped]:
+        try:
+            stat = path.stat()
+            rows.append([str(path.relative_to(folder)), stat.st_size, stat.st_mtime_ns])
+        except (OSError, ValueError):
+            rows.append([str(path), None, None])
+    return rows
 
 
 def extract_zip(archive: Path, cache_dir: Path | None = None) -> Path:

@@ -90,11 +90,16 @@ def build_model(
     backbone_layer.trainable = False
     x = backbone_layer(x)
     x = POOLING_LAYERS[model_config.pooling](name="pooling")(x)
+    return keras.Model(inputs, add_head(x, model_config, num_classes), name=f"{spec.name}_classifier")
+
+
+def add_head(x, model_config: ModelConfig, num_classes: int):
+    """The new head on pooled features `x`: [Dense "hidden" (ReLU)] -> Dropout -> Dense "logits"
+    (one logit for two classes, else one per class). Returns the logits tensor."""
     if model_config.hidden_units:
         x = keras.layers.Dense(model_config.hidden_units, activation="relu", name="hidden")(x)
     x = keras.layers.Dropout(model_config.dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(1 if num_classes == 2 else num_classes, name="logits")(x)
-    return keras.Model(inputs, outputs, name=f"{spec.name}_classifier")
+    return keras.layers.Dense(1 if num_classes == 2 else num_classes, name="logits")(x)
 
 
 def get_backbone(model: keras.Model) -> keras.Model:

@@ -1,7 +1,8 @@
 """Head training and fine-tuning, with the feature-cache fast path.
 
 The fast path: whatever is frozen computes the same outputs every epoch, so it
-runs once. For head training the cached tensors are the pooled backbone
+runs once, and its outputs go to the feature cache (`core.training.feature_cache`)
+where any later run with the same frozen part, data and views reads them. For head training the cached tensors are the pooled backbone
 features; for fine-tuning from layer N they are the activations entering layer
 N. Data augmentation is kept: the cache holds several random augmented views of
 every image (`TrainConfig.views`) and each epoch trains on a different view.
@@ -11,10 +12,12 @@ for fine-tuning and export with no copying.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import keras
@@ -22,8 +25,10 @@ import numpy as np
 import tensorflow as tf
 
 from core.config import TrainConfig
+from core.data.array_store import ArrayStore, make_key
 from core.data.datasets import ImageData
 from core.model import build as model_lib
+from core.training import feature_cache
 
 EXTRACT_BATCH = 32
 
@@ -47,7 +52,8 @@ def select_strategy(devices: list[str] | None = None) -> tf.distribute.Strategy:
 @dataclass
 class PhaseResult:
     """What one phase did: its epochs, the path it took, whether it was stopped,
-    the validation score before training, and the best and final weights."""
+    the validation score before training, the best and final weights, and which
+    feature-cache entries it read and computed."""
 
     phase: str
     path: str  # "features" (fast path) or "full"
@@ -58,7 +64,7 @@ class PhaseResult:
     nan_epoch: int | None = None
     trained: keras.Model | None = None
     weights: dict = field(default_factory=dict)  # "best" / "final" -> list of arrays
-    activations: Activations | None = None
+    cache: dict = field(default_factory=dict)  # "read" / "computed" -> labels of feature-cache entries
 
     @property
     def has_distinct_best(self) -> bool:
@@ -214,17 +220,6 @@ class FrozenPart:
         return self.traced[augment]
 
 
-@dataclass
-class Activations:
-    """What enters backbone layer `cut` for every stored training view and for the
-    validation images: kept from head training so fine-tuning from `cut` in the
-    same job needs no second pass through the frozen layers."""
-
-    cut: int
-    train: list[list[np.ndarray]]
-    validation: list[np.ndarray]
-
-
 def frozen_part(model: keras.Model, start: int, keep_cut: int | None = None) -> FrozenPart:
     """Split `model` where the backbone starts to train (`start`, from set_trainable).
 
@@ -267,21 +262,123 @@ def frozen_part(model: keras.Model, start: int, keep_cut: int | None = None) -> 
     )
 
 
-def extract(part: FrozenPart, images: np.ndarray, augment: bool, progress=None, label: str = "") -> list[np.ndarray]:
-    """Run the frozen part over `images` once (with random augmentation if asked)."""
+def extract(part: FrozenPart, images: np.ndarray, augment: bool, progress=None, label: str = "",
+            allocate: Callable[[list[tuple[tuple, str]]], list[np.ndarray]] | None = None) -> list[np.ndarray]:
+    """Run the frozen part over `images` (N, H, W, 3) once, with random augmentation if asked.
+
+    Returns its outputs as float16 arrays with N rows. `allocate([(shape, dtype), ...])`
+    gives the arrays to fill (memory maps of the feature cache, say), so the outputs
+    never need to fit in memory; by default they are `np.empty`. Raises `Stopped`
+    when the progress asks to stop.
+    """
     run = part.function(augment, images.shape[1:])
-    outputs, started = [], time.perf_counter()
+    allocate = allocate or (lambda specs: [np.empty(shape, dtype) for shape, dtype in specs])
+    outputs, started = None, time.perf_counter()
     total = math.ceil(len(images) / EXTRACT_BATCH)
     for index, start in enumerate(range(0, len(images), EXTRACT_BATCH)):
         if progress is not None and progress.stop_requested:
             raise Stopped
-        outputs.append([t.numpy().astype("float16") for t in run(tf.cast(images[start:start + EXTRACT_BATCH], tf.float32))])
+        batch = [t.numpy() for t in run(tf.cast(images[start:start + EXTRACT_BATCH], tf.float32))]
+        if outputs is None:
+            outputs = allocate([((len(images), *t.shape[1:]), "float16") for t in batch])
+        for out, t in zip(outputs, batch):
+            out[start:start + len(t)] = t
         if progress is not None:
             elapsed = time.perf_counter() - started
             progress.update(stage=f"extracting features {label}".strip(), batch=index + 1, batches=total,
                             images_per_second=min(start + EXTRACT_BATCH, len(images)) / max(elapsed, 1e-9),
                             eta_seconds=elapsed / (index + 1) * (total - index - 1))
-    return [np.concatenate(parts) for parts in zip(*outputs)]
+    return outputs
+
+
+def cached_outputs(model: keras.Model, part: FrozenPart, data: ImageData, views: int, seed: int, *,
+                   keep_cut: int | None = None, probe: dict | None = None, progress=None,
+                   cache: ArrayStore | None = None) -> tuple[list[list[np.ndarray]], list[np.ndarray], dict]:
+    """The frozen part's outputs for `views` augmented views of the training images and for
+    the validation images, read from the feature cache where their key matches and
+    computed (and stored) where it does not.
+
+    `part` is `frozen_part(model, start, keep_cut)`, where `start` is the first
+    trainable backbone layer: all of them (head training: the
+    outputs are the pooled features, float16 (N, C)) or a cut (fine-tuning: the
+    activations entering layer `start`, float16, one array per tensor crossing the
+    cut). Head training with `keep_cut` also stores the activations at that cut, in
+    the same pass, for a later fine-tuning. View v is augmented with
+    `feature_cache.seed_view(seed, v)`. `probe` is stored with each entry (see
+    `feature_cache.Context.probe`).
+
+    Returns (views: per view the list of arrays, validation: list of arrays,
+    report: {"read": [labels], "computed": [labels]}); arrays are memory maps.
+    Raises `Stopped` when the progress asks to stop (nothing half-written is kept).
+    """
+    cache = cache or feature_cache.store()
+    backbone = model_lib.get_backbone(model)
+    head = part.cut == len(backbone.layers)
+    cuts = ([None, keep_cut] if keep_cut is not None else [None]) if head else [part.cut]
+    names = [feature_cache.output_name(cut) for cut in cuts]
+    parts = {names[0]: slice(0, 1), names[1]: slice(1, None)} if len(names) == 2 else {names[0]: slice(0, None)}
+    augmentation = _augmentation(model)
+    pooling = type(model.get_layer("pooling")).__name__
+    ctx = feature_cache.context(model, backbone, cuts, data, seed, augmentation, pooling, probe)
+    report: dict = {"read": [], "computed": []}
+    found: dict = {}
+    for split, view in [("train", v) for v in range(views)] + [("validation", None)]:
+        requests = [feature_cache.Request(name, split, view) for name in names]
+        entries = {request: cache.get(feature_cache.key(ctx, request)) for request in requests}
+        missing = [request for request in requests if entries[request] is None]
+        if missing:
+            if view is not None:
+                feature_cache.reseed(augmentation, feature_cache.seed_view(seed, view))
+            label = f"(view {view + 1}/{views})" if view is not None else "(validation)"
+            with contextlib.ExitStack() as stack:
+                writers = {request.output: stack.enter_context(cache.writer(
+                    feature_cache.key(ctx, request),
+                    {"probe": _probe_key(ctx, request), "label": request.label})) for request in missing}
+                computed = extract(part, data.splits[split][0], view is not None, progress, label,
+                                   _allocator(parts, writers))
+            for request in missing:
+                entries[request] = cache.get(feature_cache.key(ctx, request)) or _Unstored(
+                    computed[parts[request.output]])
+            report["computed"] += [request.label for request in missing]
+        report["read"] += [request.label for request in requests if request not in missing]
+        if progress is not None and not missing:
+            progress.update(stage=f"reading cached features ({split})")
+        found[split, view] = entries[requests[0]]
+    return ([_arrays(found["train", v]) for v in range(views)], _arrays(found["validation", None]), report)
+
+
+@dataclass
+class _Unstored:
+    """Outputs the cache could not keep (larger than its bound): used from memory."""
+
+    values: list[np.ndarray]
+
+
+def _arrays(entry) -> list[np.ndarray]:
+    if isinstance(entry, _Unstored):
+        return entry.values
+    return [entry.arrays[name] for name in sorted(entry.arrays, key=int)]
+
+
+def _probe_key(ctx: feature_cache.Context, request: feature_cache.Request) -> str | None:
+    fields = ctx.probe_fields(request)
+    return None if fields is None else make_key(fields)
+
+
+def _allocator(parts: dict[str, slice], writers: dict):
+    """Allocate extraction outputs: those of a missing entry as its writer's memory maps."""
+
+    def allocate(specs):
+        arrays = []
+        for name, where in parts.items():
+            chosen = specs[where]
+            if name in writers:
+                arrays += [writers[name].array(str(i), shape, dtype) for i, (shape, dtype) in enumerate(chosen)]
+            else:
+                arrays += [np.empty(shape, dtype) for shape, dtype in chosen]
+        return arrays
+
+    return allocate
 
 
 def _augmentation(model: keras.Model) -> keras.Layer | None:
@@ -291,8 +388,10 @@ def _augmentation(model: keras.Model) -> keras.Layer | None:
         return None
 
 
-def _callbacks(config: TrainConfig, recorder: Recorder) -> list:
+def _callbacks(config: TrainConfig, recorder: Recorder, log_dir: Path | None = None) -> list:
     callbacks = [recorder]
+    if log_dir is not None:  # `tensorboard --logdir runs`: train/ and validation/ epoch_* scalars
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False, profile_batch=0))
     if config.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience))
     if config.reduce_lr_on_plateau:
@@ -301,16 +400,21 @@ def _callbacks(config: TrainConfig, recorder: Recorder) -> list:
 
 
 def train_phase(model: keras.Model, data: ImageData, config: TrainConfig, phase: str, *, batch_size: int = 32,
-                seed: int = 0, epoch_offset: int = 0, progress=None, on_epoch=None,
-                keep_cut: int | None = None, reuse: Activations | None = None) -> PhaseResult:
+                seed: int = 0, views_seed: int | None = None, epoch_offset: int = 0, progress=None, on_epoch=None,
+                keep_cut: int | None = None, probe: dict | None = None, log_dir: Path | None = None,
+                cache: ArrayStore | None = None) -> PhaseResult:
     """Train one phase ("head" or "fine_tune") of `model` on `data`, in place.
 
     Freezes per `config.fine_tune_at`, recompiles, and trains for
     `config.epochs` (numbered after `epoch_offset`, so fine-tuning continues
-    the head's curve) on the fast path where it applies. The model is left
-    with its final weights; `PhaseResult.use_weights("best")` switches.
-    Head training on the fast path with `keep_cut` also returns the
-    `Activations` at that cut; fine-tuning from the same cut can `reuse` them.
+    the head's curve) on the fast path where it applies: the frozen part's
+    outputs come from the feature cache (`cached_outputs`, views seeded by
+    `views_seed`, default `seed`), computed only where no entry matches; head
+    training with `keep_cut` also stores the activations at that cut for a later
+    fine-tuning. `seed` shuffles the batches. With `log_dir`, Keras' TensorBoard
+    callback writes the epoch metrics there. The model is left with its final
+    weights; `PhaseResult.use_weights("best")` switches.
+    Raises `Stopped` when stopped before training started.
     """
     started = time.perf_counter()
     start = model_lib.set_trainable(model, config.fine_tune_at, config.freeze_batchnorm)
@@ -319,19 +423,12 @@ def train_phase(model: keras.Model, data: ImageData, config: TrainConfig, phase:
     weights = class_weights(labels, data.num_classes)[labels] if config.class_weights else None
     batch_size = min(batch_size, len(labels))
 
-    activations = None
+    report: dict = {}
     if fast:
         keep_cut = keep_cut if start == len(model_lib.get_backbone(model).layers) else None
         part = frozen_part(model, start, keep_cut)
-        if reuse is not None and reuse.cut == start:
-            views, val = reuse.train, reuse.validation
-        else:
-            views = [extract(part, data.splits["train"][0], True, progress, f"(view {v + 1}/{config.views})")
-                     for v in range(config.views)]
-            val = extract(part, data.splits["validation"][0], False, progress, "(validation)")
-        if keep_cut is not None:
-            activations = Activations(keep_cut, [view[1:] for view in views], val[1:])
-            views, val = [view[:1] for view in views], val[:1]
+        views, val, report = cached_outputs(model, part, data, config.views, seed if views_seed is None else views_seed,
+                                            keep_cut=keep_cut, probe=probe, progress=progress, cache=cache)
         trained = part.trainable
         train_input = ViewSequence(views, labels, batch_size, seed, weights)
         val_input = tf.data.Dataset.from_tensor_slices(
@@ -354,10 +451,10 @@ def train_phase(model: keras.Model, data: ImageData, config: TrainConfig, phase:
     recorder = Recorder(phase, "features" if fast else "full", math.ceil(len(labels) / batch_size),
                         batch_size, progress, on_epoch, config.epochs, epoch_offset)
     trained.fit(train_input, validation_data=val_input, initial_epoch=epoch_offset,
-                epochs=epoch_offset + config.epochs, callbacks=_callbacks(config, recorder), verbose=0)
+                epochs=epoch_offset + config.epochs, callbacks=_callbacks(config, recorder, log_dir), verbose=0)
     return PhaseResult(phase, recorder.path, recorder.records, time.perf_counter() - started, recorder.stopped,
                        initial, recorder.nan_epoch, trained,
-                       {"best": recorder.best_weights, "final": recorder.final_weights}, activations)
+                       {"best": recorder.best_weights, "final": recorder.final_weights}, report)
 
 
 def _compile(trained: keras.Model, model: keras.Model, config: TrainConfig, num_classes: int) -> keras.Model:

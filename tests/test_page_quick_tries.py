@@ -1,0 +1,111 @@
+"""AppTests of the quick-tries pieces (pages/_quick_tries.py) where the pages show them:
+the "features cached" note and "Try several" on Train head, the learning-rate finder on
+Train head and Fine-tune, and the caches' size and Clear button on Runs.
+
+Real jobs on the built-in demo shapes at 128 px with the real MobileNet alpha 0.25
+weights; a fresh cache directory for this module, so "not cached" is true at first.
+"""
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import settings, workflow
+from core.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
+from core.training import feature_cache, runs
+from pages._common import job_manager
+from pages._quick_tries import CACHED, size_text
+
+APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
+SESSION = {
+    "data_config": DataConfig(image_size=128, batch_size=32),
+    "augment_config": AugmentConfig(flip="horizontal", rotation=0.05),
+    "model_config": ModelConfig(backbone="MobileNet", dropout=0.1),
+    "head_config": TrainConfig(optimizer="adam", learning_rate=1e-3, epochs=2, views=1),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fresh_cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TL_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+def open_page(page: str, **session) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    for key, value in {**SESSION, **session}.items():
+        at.session_state[key] = value
+    at.run()
+    at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def by_label(elements, label: str):
+    return next(element for element in elements if element.label == label)
+
+
+def texts(at: AppTest) -> str:
+    return " ".join(element.value for kind in (at.success, at.caption, at.markdown, at.info) for element in kind)
+
+
+def finish(at: AppTest) -> None:
+    assert job_manager().wait(timeout=300)
+    at.run()
+    assert not at.exception, at.exception
+
+
+def test_train_head_says_when_features_are_cached_and_the_sweep_ends_in_a_run_to_fine_tune():
+    at = open_page("pages/train_head.py")
+    assert CACHED not in texts(at) and "Features not cached yet" in texts(at)
+
+    at.number_input(key="sweep_trials").set_value(2)
+    by_label(at.button, "Try several").click().run()
+    sweep_id = at.session_state["sweep_run_id"]
+    finish(at)
+    record = runs.Run(settings.runs_dir() / sweep_id).read_json(workflow.SWEEP_FILE)
+    assert len(at.dataframe[-1].value) == 2 == len(record["trials"])  # the table
+    assert any(f"trained as run `{record['best_run']}`" in element.value for element in at.success)
+    assert CACHED in texts(at)  # the sweep stored the features this head run reads
+
+    by_label(at.button, "Fine-tune the best trial").click().run()
+    assert at.session_state["head_run_id"] == record["best_run"]
+
+
+def test_the_learning_rate_finder_sets_the_head_form():
+    at = open_page("pages/train_head.py")
+    by_label(at.button, "Find the learning rate").click().run()
+    finish(at)
+    use = next(button for button in at.button if button.label.startswith("Use ") and "on the form" in button.label)
+    suggestion = float(use.label.split()[1])
+    use.click().run()
+    assert not at.exception
+    assert at.session_state["head_config"].learning_rate == pytest.approx(suggestion, rel=0.05)
+    assert by_label(at.number_input, "Learning rate (Custom)").value == pytest.approx(suggestion, rel=0.05)
+
+
+def test_the_learning_rate_finder_on_the_fine_tune_page():
+    config = RunConfig(data=SESSION["data_config"], augment=SESSION["augment_config"],
+                                model=SESSION["model_config"], head=SESSION["head_config"], seed=1337)
+    run = runs.Run.create(settings.runs_dir(), config)
+    job_manager().submit(run, workflow.head_job)
+    assert job_manager().wait(timeout=300)
+    at = open_page("pages/fine_tune.py", head_run_id=run.id)
+    by_label(at.button, "Find the learning rate").click().run()
+    finish(at)
+    assert "fine_tune" in runs.Run(run.path).read_json(workflow.LR_FIND_FILE)
+    use = next(button for button in at.button if button.label.startswith("Use ") and "on the form" in button.label)
+    use.click().run()
+    assert at.session_state["fine_tune_config"].learning_rate == pytest.approx(float(use.label.split()[1]), rel=0.05)
+
+
+def test_runs_page_shows_the_cache_size_and_clears_it():
+    at = open_page("pages/runs.py")
+    size = feature_cache.store().size_bytes()
+    assert size > 0 and by_label(at.metric, "Cached features").value == size_text(size) != "0.0 MB"
+    assert by_label(at.metric, "Decoded images").value != "0.0 MB"
+    by_label(at.button, "Clear the caches").click().run()
+    assert not at.exception
+    assert feature_cache.store().size_bytes() == 0
+    assert by_label(at.metric, "Cached features").value == "0.0 MB"

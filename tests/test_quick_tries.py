@@ -1,0 +1,117 @@
+"""Quick tries: the learning-rate finder and the sweep over head settings, on cached features.
+
+The finder on synthetic problems whose good rate is known; the sweep and the
+finder jobs end to end on the demo shapes with the real MobileNet alpha 0.25
+weights from ../shared; the CLI's `sweep` command.
+"""
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from core import workflow
+from core.__main__ import main
+from core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from core.errors import UserError
+from core.model.build import add_head, compile_model
+from core.training import lr_finder, runs
+from core.training.jobs import Progress
+
+
+def test_suggest_picks_the_steepest_fall_of_a_known_curve():
+    rates = np.logspace(-7, 1, 200)
+    losses = 1.0 - np.tanh(2.0 * (np.log10(rates) + 3.0))  # falls fastest at 1e-3
+    assert lr_finder.suggest(rates, losses) == pytest.approx(1e-3, rel=0.15)
+
+
+def linear_problem(seed=0, n=512, dim=16, classes=3):
+    """Overlapping Gaussian blobs at a large feature scale: a linear head learns them at
+    moderate rates and oscillates or diverges at high ones (as cached features would)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1.0, (classes, dim))
+    labels = rng.integers(0, classes, n).astype("int32")
+    features = (5.0 * (centres[labels] + rng.normal(0, 1.0, (n, dim)))).astype("float16")
+    return [[features]], labels
+
+
+def fresh_head(dim=16, classes=3):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((dim,))
+    return keras.Model(inputs, add_head(inputs, ModelConfig(dropout=0.0), classes))
+
+
+def loss_after(rate, views, labels, epochs=2):
+    """Ground truth, without the finder: the loss of a fresh head after `epochs` of SGD at a fixed `rate`."""
+    model = compile_model(fresh_head(), "sgd", float(rate), 3)
+    features = views[0][0].astype("float32")
+    model.fit(features, labels, batch_size=32, epochs=epochs, shuffle=True, verbose=0)
+    loss = float(model.evaluate(features, labels, verbose=0)[0])
+    return loss if np.isfinite(loss) else np.inf
+
+
+def test_the_suggestion_lies_where_the_loss_falls_fastest_on_a_synthetic_problem():
+    views, labels = linear_problem()
+    result = lr_finder.find_learning_rate(fresh_head(), views, labels, 3, "sgd", start=1e-7, end=10.0, steps=200)
+    rates, losses = np.asarray(result.rates), np.asarray(result.losses)
+    assert np.all(np.diff(rates) > 0)
+    assert result.suggestion < rates[np.argmin(losses)]  # on the falling part, before the minimum
+    # Ground truth on a grid of fixed rates: the best one, and the suggestion near it.
+    grid = 10.0 ** np.arange(-6, 1)
+    trained = np.array([loss_after(rate, views, labels) for rate in grid])
+    best = grid[np.argmin(trained)]
+    assert best / 30 <= result.suggestion <= best * 3, (result.suggestion, dict(zip(grid, trained)))
+    initial = loss_after(1e-12, views, labels)
+    assert loss_after(result.suggestion, views, labels) < 0.5 * initial
+    assert loss_after(result.suggestion * 1000, views, labels) > loss_after(result.suggestion, views, labels)
+
+
+SIZE = 128
+
+
+def base_config(**changes) -> RunConfig:
+    config = RunConfig(data=DataConfig(image_size=SIZE, val_fraction=0.2, test_fraction=0.1),
+                       model=ModelConfig(backbone="MobileNet"), head=TrainConfig(epochs=2, views=1),
+                       fine_tune=TrainConfig(epochs=1, learning_rate=1e-4, fine_tune_at="70", views=1))
+    return RunConfig(**{**vars(config), **changes})
+
+
+def test_the_sweep_trains_its_best_trial_as_a_run_that_loads_and_fine_tunes(tmp_path):
+    sweep_run = runs.Run.create(tmp_path, base_config())
+    progress = Progress()
+    record = workflow.sweep_job(sweep_run, progress, trials=3)
+    assert [row["trial"] for row in record["trials"]] == [1, 2, 3]
+    assert json.loads((sweep_run.path / workflow.SWEEP_FILE).read_text())["best_run"] == record["best_run"]
+    assert record["best"]["val_accuracy"] == max(row["val_accuracy"] for row in record["trials"])
+    assert progress.snapshot()["trials"] == record["trials"]  # the live table
+
+    best = runs.Run(tmp_path / record["best_run"])
+    assert best.status()["status"] == runs.FINISHED
+    assert best.config.head.learning_rate == pytest.approx(record["best"]["learning_rate"])
+    assert best.config.model.hidden_units == record["best"]["hidden_units"]
+    assert best.read_json("metrics.json")["head"]["feature_cache"]["computed"] == 0  # the sweep's features
+    model, _ = workflow.load_run_model(best, "head")
+    assert model.get_layer("dropout").rate == pytest.approx(record["best"]["dropout"])
+    metrics = workflow.fine_tune_job(best, Progress())
+    assert metrics["fine_tune"]["epochs"] == 1 and metrics["fine_tune"]["feature_cache"]["computed"] == 0
+
+
+def test_the_lr_finder_job_on_the_head_and_on_fine_tuning(tmp_path):
+    run = runs.Run.create(tmp_path, base_config())
+    found = workflow.lr_find_job(run, Progress())
+    head = found["head"]
+    assert len(head["rates"]) == len(head["losses"]) > 20 and head["rates"][0] < head["suggestion"] < head["rates"][-1]
+    with pytest.raises(UserError, match="no trained head"):
+        workflow.lr_find_job(run, Progress(), phase="fine_tune")
+    workflow.head_job(run, Progress())
+    found = workflow.lr_find_job(run, Progress(), phase="fine_tune")
+    assert set(found) == {"head", "fine_tune"} and found["fine_tune"]["suggestion"] > 0
+
+
+def test_the_sweep_command_prints_json(tmp_path, capsys, colour_data_root):
+    code = main(["sweep", "--data", str(colour_data_root / "colours"), "--trials", "2", "--backbone", "MobileNet",
+                 "--image-size", "128", "--head-epochs", "1", "--fine-tune-epochs", "0", "--runs-dir", str(tmp_path)])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert len(printed["trials"]) == 2 and printed["best"]["trial"] in (1, 2)
+    assert runs.Run(printed["best_run_dir"]).model_path("head").is_file()
