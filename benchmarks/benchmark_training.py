@@ -101,7 +101,7 @@ def ours() -> dict:
     from core.data.datasets import load_labelled
     from core.results import evaluation
     from core.training import runs
-    from core.training.jobs import Progress
+    from core.training.progress import Progress
 
     config = RunConfig(data=DataConfig(source="folder", name=str(DATA), image_size=SIZE), fine_tune=DEFAULT_FINE_TUNE)
     run = runs.Run.create(Path(tempfile.mkdtemp(prefix="bench-runs-")), config)

@@ -55,6 +55,7 @@ def _add_summary(commands) -> None:
 def train(args: argparse.Namespace) -> dict:
     """Train headless, exactly as the dashboard does, with a progress bar on stderr."""
     import dataclasses
+    import functools
     from pathlib import Path
 
     from core import config as config_io
@@ -89,8 +90,11 @@ def train(args: argparse.Namespace) -> dict:
     # Paths given here are absolute; a folder name in a dashboard's config.json is
     # relative to the data root, as it was on the server.
     root = Path("/") if Path(data.name).is_absolute() else settings.data_root()
-    job = manager.submit(run, lambda run, progress: full_job(run, progress, data_root=root))
-    _follow(manager, job)
+    job = manager.submit(run, functools.partial(full_job, data_root=root))  # runs in a worker process
+    try:
+        _follow(manager, job)
+    finally:
+        manager.close()
     status = run.status()
     if status["status"] == runs.FAILED:
         raise UserError(f"Training failed: {status.get('error')}", status.get("hint") or f"See {run.path / runs.LOG_FILE}.")

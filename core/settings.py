@@ -33,3 +33,18 @@ def keras_models_dir() -> Path:
 def tfds_data_dir() -> Path:
     """TensorFlow Datasets' download and prepare folder: `$TFDS_DATA_DIR`, else `~/tensorflow_datasets`."""
     return Path(os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets")
+
+
+def workers() -> int:
+    """How many training jobs run at once, each in its own worker process: `$TL_WORKERS`, else 1.
+
+    Raises ValueError when it is not a whole number of at least 1.
+    """
+    text = os.environ.get("TL_WORKERS") or "1"
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ValueError(f"TL_WORKERS must be a whole number of at least 1, not {text!r}.")
+    return count
