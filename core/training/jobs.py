@@ -23,7 +23,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 from core import settings
 from core.errors import UserError

@@ -29,9 +29,12 @@ import multiprocessing
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 import traceback
+import types
+from contextlib import contextmanager
 from pathlib import Path
 
 from core.errors import UserError
@@ -40,6 +43,27 @@ from core.training.runs import FAILED, FINISHED, STOPPED, Run
 
 CONTEXT = multiprocessing.get_context("spawn")
 PRELOAD = ("core.workflow",)  # imports TensorFlow and Keras
+_MAIN_LOCK = threading.Lock()
+
+
+@contextmanager
+def _without_main_script():
+    """Start a spawned process without it re-running this process's `__main__`.
+
+    `spawn` re-imports the parent's main module in the child (the documented reason for
+    the `if __name__ == "__main__"` idiom). Under Streamlit, `sys.modules["__main__"]` is
+    the page script being run, which would run the whole page (and start workers) in
+    the child; the worker needs nothing from it, so the child is shown a bare module.
+    """
+    with _MAIN_LOCK:
+        main = sys.modules.get("__main__")
+        bare = types.ModuleType("__main__")
+        sys.modules["__main__"] = bare
+        try:
+            yield
+        finally:
+            if sys.modules.get("__main__") is bare:
+                sys.modules["__main__"] = main
 
 
 def describe(error: BaseException) -> dict:
@@ -72,7 +96,8 @@ class Worker:
         self.created = time.monotonic()
         self._connection, child = CONTEXT.Pipe()
         self.process = CONTEXT.Process(target=serve, args=(child, tuple(preload)), name="tl-worker", daemon=True)
-        self.process.start()
+        with _without_main_script():
+            self.process.start()
         child.close()
         self.ready_after: float | None = None
 
