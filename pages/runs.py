@@ -24,6 +24,7 @@ EXPORT_FILES = {
 MODEL_KINDS = {"final": "Final (after the last phase)", "best": "Best epoch", "head": "Head only"}
 POLL_SECONDS = 2
 PERCENT = st.column_config.NumberColumn(format="percent")
+SCORE_COLUMNS = ("best val accuracy", "test accuracy", "seconds")
 
 
 def run_label(row: dict) -> str:
@@ -49,6 +50,10 @@ def runs_table(rows: list[dict]) -> None:
         progress = [live_progress(row["run"]) for row in current]
         if any(progress):
             frame.insert(frame.columns.get_loc("status") + 1, "progress", progress)
+        scores = [column for column in SCORE_COLUMNS if column in frame.columns]  # visible at 1400 px, no scrolling
+        after = frame.columns.get_loc("progress" if "progress" in frame.columns else "status") + 1 if "status" in frame.columns else 0
+        rest = [column for column in frame.columns if column not in scores]
+        frame = frame[rest[:after] + scores + rest[after:]]
         st.dataframe(frame, hide_index=True, column_config={
             "best val accuracy": PERCENT,
             "test accuracy": PERCENT,
