@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.benchmark_training import use_shared_weights  # noqa: E402
+from benchmarks.benchmark_training import use_shared_weights
 
 TARGET_MB = 50
 

@@ -34,8 +34,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.benchmark_training import DATA as CATS_VS_DOGS  # noqa: E402
-from benchmarks.benchmark_training import use_shared_weights  # noqa: E402
+from benchmarks.benchmark_training import DATA as CATS_VS_DOGS
+from benchmarks.benchmark_training import use_shared_weights
 
 RATIO_TARGET = 1.1
 CLI_TARGET = 0.10

@@ -169,6 +169,5 @@ def sync_url() -> None:
             return
         with user_errors():
             load_into_session(run)
-    elif not url_run_id and st.session_state.get("run_id"):
-        if followed_run() is not None:
-            st.query_params[RUN_PARAM] = st.session_state["run_id"]
+    elif not url_run_id and st.session_state.get("run_id") and followed_run() is not None:
+        st.query_params[RUN_PARAM] = st.session_state["run_id"]

@@ -191,10 +191,11 @@ def _stop_buttons(run: runs.Run, job) -> None:
         return
     waited = time.time() - asked
     st.caption(f"Stopping after the current batch (asked {waited:.0f} s ago)...")
-    if waited >= STOP_NOW_AFTER_S and job is not None and job.state == "running":
-        if st.button("Stop now", icon=":material/cancel:", key=f"stop-now-{run.id}", type="primary",
-                     help="End the job's process at once: the history so far and the last saved model are kept."):
-            job_manager().kill(run.id)
+    can_kill = waited >= STOP_NOW_AFTER_S and job is not None and job.state == "running"
+    if can_kill and st.button("Stop now", icon=":material/cancel:", key=f"stop-now-{run.id}", type="primary",
+                              help="End the job's process at once: the history so far and the last saved model "
+                                   "are kept."):
+        job_manager().kill(run.id)
 
 
 def _progress(snapshot: dict) -> None:
