@@ -3,9 +3,15 @@
 `st.navigation` over one page per workflow step; the sidebar shows the current
 choices and where the user is in the workflow.
 """
-import streamlit as st
+import os
 
-from pages import _sidebar
+# The server trains nothing (jobs run in worker processes); where it touches TensorFlow
+# (Model page counts, Evaluate) it must not take a GPU's whole memory from the workers.
+os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+
+import streamlit as st  # noqa: E402
+
+from pages import _common, _sidebar  # noqa: E402
 
 st.set_page_config(page_title="Transfer Learning Studio", page_icon=":material/model_training:", layout="wide")
 
@@ -21,6 +27,7 @@ PAGES = [
 ]
 
 page = st.navigation(PAGES)
+_common.sync_url()  # a reload or a shared link (?run=<id>) reopens the run it names
 sidebar = st.sidebar.container()
 try:
     page.run()

@@ -126,7 +126,7 @@ class StageClock:
              ("extracting", "augmentation + backbone (views)"), ("training", "head training"))
 
     def __init__(self):
-        from core.training.jobs import Progress
+        from core.training.progress import Progress
 
         self.progress, self.times = Progress(), defaultdict(float)
         self.kind, self.since = None, time.perf_counter()
@@ -193,7 +193,7 @@ def ours(data_dir: Path = DATA, quick: bool = False) -> dict:
     from core.data.datasets import load_labelled
     from core.results import evaluation
     from core.training import runs
-    from core.training.jobs import Progress
+    from core.training.progress import Progress
 
     os.environ["TL_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-cache-")  # cold: no decoded images, no features
     runs_dir = Path(tempfile.mkdtemp(prefix="bench-runs-"))
@@ -270,7 +270,7 @@ def scale(count: int) -> dict:
     from core import workflow
     from core.config import DataConfig, RunConfig
     from core.training import runs
-    from core.training.jobs import Progress
+    from core.training.progress import Progress
 
     data_dir = make_scale_dataset(count)
     os.environ["TL_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-cache-")

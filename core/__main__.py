@@ -126,7 +126,10 @@ def _run_job(run, job) -> dict:
     from core.training.jobs import JobManager
 
     manager = JobManager()
-    _follow(manager, manager.submit(run, job))
+    try:
+        _follow(manager, manager.submit(run, job))  # the job runs in a worker process
+    finally:
+        manager.close()
     report = run.read_json(REPORT_FILE, default=None)
     if report:  # what the data held, as the Data page shows it: also when it was refused
         print(format_report(report), file=sys.stderr)

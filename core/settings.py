@@ -66,3 +66,16 @@ def _gigabytes(variable: str, default: float) -> int:
                         f"Set {variable} to a size in gigabytes, e.g. {variable}={default:g}.") from None
     return int(max(value, 0.0) * 1e9)
 
+def workers() -> int:
+    """How many training jobs run at once, each in its own worker process: `$TL_WORKERS`, else 1.
+
+    Raises ValueError when it is not a whole number of at least 1.
+    """
+    text = os.environ.get("TL_WORKERS") or "1"
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ValueError(f"TL_WORKERS must be a whole number of at least 1, not {text!r}.")
+    return count

@@ -2,7 +2,11 @@
 
 A job is `fn(run, progress)`: it reads everything from the run's config, writes
 per-epoch history, models and metrics into the run directory, and reports
-progress to a `core.jobs.Progress`.
+progress to a `core.training.progress.Progress` (stages "loading data",
+"reading images", "training", then "saving models" and "evaluating on the test
+split" after the last epoch). Jobs are module-level functions, submitted as
+`functools.partial(job, ...)` with plain arguments, so they can be sent to a
+worker process.
 
 Run directory files written here: `head.keras` (the model after head training),
 `best.keras` and `final.keras` (best epoch and last state of the latest phase;
@@ -89,7 +93,7 @@ def head_job(run: Run, progress, data_root: Path | None = None) -> dict:
         run.log("head: 0 epochs asked for; the untrained head is saved as it is.")
         for kind in ("head", "final"):
             run.save_model(model, kind)
-    return _finish_phase(run, model, data, result, config.head, extra={"initial": result.initial})
+    return _finish_phase(run, model, data, result, config.head, progress, extra={"initial": result.initial})
 
 
 @_stoppable
@@ -112,7 +116,7 @@ def fine_tune_job(run: Run, progress, data_root: Path | None = None) -> dict:
             seed=config.seed + 1, views_seed=config.seed, epoch_offset=offset, progress=progress,
             on_epoch=run.append_history, log_dir=tensorboard_dir(run),
         )
-    return _finish_phase(run, model, data, result, config.fine_tune)
+    return _finish_phase(run, model, data, result, config.fine_tune, progress)
 
 
 def full_job(run: Run, progress, data_root: Path | None = None) -> dict:
@@ -247,7 +251,7 @@ def comparison_configs(base: RunConfig, epochs: int) -> dict[str, RunConfig]:
 
 
 def _finish_phase(run: Run, model: keras.Model, data: ImageData, result: training.PhaseResult,
-                  config: TrainConfig, extra: dict | None = None) -> dict:
+                  config: TrainConfig, progress=None, extra: dict | None = None) -> dict:
     """Save the phase's models, evaluate on the test split and record the metrics.
 
     A diverged phase (NaN loss) keeps its best epoch, if any, and fails with a message.
@@ -264,6 +268,8 @@ def _finish_phase(run: Run, model: keras.Model, data: ImageData, result: trainin
     if not result.history:
         run.log(f"{result.phase}: stopped before the first epoch ended; no model saved.")
         return run.read_json("metrics.json", default={})
+    if progress is not None:
+        progress.update(stage="saving models")
     result.use_weights("final")
     run.save_model(model, "final")
     if result.has_distinct_best:
@@ -288,11 +294,13 @@ def _finish_phase(run: Run, model: keras.Model, data: ImageData, result: trainin
     }
     test_images, test_labels = data.splits["test"]
     if len(test_labels):
+        if progress is not None:
+            progress.update(stage="evaluating on the test split")
         scores = evaluation.evaluate(model, test_images, test_labels, data.class_names)
         summary.update(test_accuracy=scores["accuracy"], test_loss=scores["loss"])
     metrics = {**run.read_json("metrics.json", default={}), **(extra or {}), result.phase: summary}
     run.write_json("metrics.json", metrics)
-    run.set_status(run.status()["status"], **{f"seconds_{result.phase}": summary["seconds"]})
+    run.update_status(**{f"seconds_{result.phase}": summary["seconds"]})
     run.log(f"{result.phase}: {summary}")
     return metrics
 

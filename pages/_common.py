@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -15,6 +16,8 @@ from core import settings
 from core.config import AugmentConfig, DataConfig, ModelConfig, TrainConfig
 from core.data import datasets
 from core.errors import UserError
+from core.training import runs
+from core.training.jobs import JobManager
 
 
 def _use_the_app_shell() -> None:
@@ -100,13 +103,71 @@ def image_grid(images: np.ndarray, captions: list[str], columns: int = 3) -> Non
 
 
 @st.cache_resource
-def job_manager():
-    """The server's one background worker: it runs training jobs one at a time,
+def job_manager() -> JobManager:
+    """The server's job queue: jobs run in worker processes ($TL_WORKERS at once),
     outside any script run, so page switches and reloads do not touch them."""
-    from core.training.jobs import JobManager
-
     return JobManager()
 
 
 def runs_dir():
     return settings.runs_dir()
+
+
+# --- the run a session follows ----------------------------------------------------
+# A session follows the runs it started or opened, never whatever the server runs.
+# The followed run is in the URL (?run=<id>), so a reload, a bookmark or a shared
+# link reopens it, with its settings.
+
+RUN_PARAM = "run"
+
+
+def open_run(run_id: str | None) -> runs.Run | None:
+    """The run `run_id` in the runs folder, or None when there is no such run."""
+    if not run_id:
+        return None
+    path = runs_dir() / run_id
+    return runs.Run(path) if Path(run_id).name == run_id and (path / runs.CONFIG_FILE).is_file() else None
+
+
+def follow(run: runs.Run) -> None:
+    """Make `run` the one this session follows: in session state and in the URL."""
+    st.session_state["run_id"] = run.id
+    session_runs = st.session_state.setdefault("session_runs", [])
+    if run.id not in session_runs:
+        session_runs.append(run.id)
+    st.query_params[RUN_PARAM] = run.id
+
+
+def followed_run() -> runs.Run | None:
+    """The run this session follows, if it still exists."""
+    return open_run(st.session_state.get("run_id"))
+
+
+def load_into_session(run: runs.Run) -> None:
+    """Make the run's configs the session's and follow it, so the workflow pages continue from it."""
+    config = run.config
+    st.session_state.update(data_config=config.data, augment_config=config.augment,
+                            model_config=config.model, head_config=config.head)
+    st.session_state["head_run_id"] = run.id
+    if config.fine_tune is not None:
+        st.session_state.update(fine_tune_config=config.fine_tune, fine_tune_at=config.fine_tune.fine_tune_at,
+                                freeze_batchnorm=config.fine_tune.freeze_batchnorm)
+    follow(run)
+
+
+def sync_url() -> None:
+    """Before each page: a session opened on a URL naming a run (a reload, a bookmark, a
+    shared link) follows that run with its settings; otherwise the URL names the run
+    the session follows (a page switch drops query parameters)."""
+    url_run_id = st.query_params.get(RUN_PARAM)
+    if url_run_id and url_run_id != st.session_state.get("run_id"):
+        run = open_run(url_run_id)
+        if run is None:
+            del st.query_params[RUN_PARAM]
+            st.toast(f"There is no run {url_run_id!r}: the link names a run that was deleted or lives on "
+                     "another server.", icon=":material/link_off:")
+            return
+        with user_errors():
+            load_into_session(run)
+    elif not url_run_id and st.session_state.get("run_id") and followed_run() is not None:
+        st.query_params[RUN_PARAM] = st.session_state["run_id"]

@@ -1,22 +1,23 @@
-"""The shared sidebar: current choices and the state of the workflow."""
+"""The shared sidebar: current choices and the state of the workflow of the followed run."""
+from pathlib import Path
+
 import streamlit as st
 
+from core.model.augmentation import to_spec
 from core.training import runs
-from pages._common import job_manager, runs_dir, state
+from pages._common import followed_run, job_manager, open_run, state
 
 
 def render(container) -> None:
     data, model, augment = state("data_config"), state("model_config"), state("augment_config")
     with container:
         st.subheader("Current choices")
-        source = "shapes" if data.source == "demo" else data.name
+        source = "shapes" if data.source == "demo" else _data_name(data)
         st.markdown(
             f"**Dataset:** {data.source} · {source}  \n"
             f"**Image size:** {data.image_size} px · batch {data.batch_size}  \n"
             f"**Backbone:** {model.backbone} ({model.weights} weights)"
         )
-        from core.model.augmentation import to_spec
-
         st.caption(f"Augmentation: {to_spec(augment)}")
         st.subheader("Workflow")
         for step, done in workflow_steps():
@@ -24,10 +25,16 @@ def render(container) -> None:
         st.caption(job_status())
 
 
+def _data_name(data) -> str:
+    """An uploaded zip by its file name, not the path of its extracted copy in the cache."""
+    return Path(data.name).name if data.source == "zip" else data.name
+
+
 def workflow_steps() -> list[tuple[str, bool]]:
-    """Each step of the workflow and whether the session has done it (read from its run on disk)."""
+    """Each step of the workflow and whether the session has done it; the training
+    steps follow the run the session follows (read from its run folder)."""
     session = st.session_state
-    run = runs.Run(runs_dir() / session["head_run_id"]) if session.get("head_run_id") else None
+    run = followed_run() or open_run(session.get("head_run_id"))
     metrics = run.read_json("metrics.json", default={}) if run is not None else {}
     return [
         ("Data loaded", bool(session.get("data_loaded"))),
@@ -38,10 +45,11 @@ def workflow_steps() -> list[tuple[str, bool]]:
 
 
 def job_status() -> str:
-    """One line on the server's background worker: what runs, how many wait."""
-    manager = job_manager()
-    current, queued = manager.current(), len(manager.queued())
-    if current is None:
-        return "No training job running."
-    stage = current.progress.snapshot().get("stage", "starting")
-    return f"Running `{current.run_id}` ({stage})" + (f", {queued} queued." if queued else ".")
+    """One line on the run this session follows, read from its folder, and the server's queue."""
+    run = followed_run()
+    status = run.status()["status"] if run is not None else None
+    waiting = len(job_manager().queued())
+    queue = f" {waiting} queued on this server." if waiting else ""
+    if status not in runs.ACTIVE_STATUSES:
+        return "No training job running." + queue
+    return f"Run `{run.id}` is {status}." + queue

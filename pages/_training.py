@@ -1,28 +1,28 @@
-"""What the Train head and Fine-tune pages share: the live job panel and the curves."""
+"""What the Train head and Fine-tune pages share: the live job panel and the curves.
+
+Everything shown is read from the run folder (status.json, progress.json,
+history.jsonl), which the job's worker process writes: a second browser, the CLI
+and a restarted server show the same. Only the queue position comes from this
+server's JobManager.
+"""
 from __future__ import annotations
 
 import math
+import time
 
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from core.config import RunConfig
+from core.errors import UserError
 from core.results.curves import curve_rows, fine_tune_start
 from core.training import runs
-from pages._common import job_manager, runs_dir
+from pages._common import job_manager, state
 
 POLL_SECONDS = 1.0
-
-
-def attached_run_id(key: str = "run_id") -> str | None:
-    """The run this session follows; a new session re-attaches to the live job, and
-    keeps following it after it ends."""
-    run_id = st.session_state.get(key)
-    if run_id is None:
-        current = job_manager().current()
-        if current is not None:
-            run_id = st.session_state[key] = current.run_id
-    return run_id
+STOP_NOW_AFTER_S = 5.0  # "Stop now" is offered when a stop has not ended the job by then
+BATCH_STAGES = ("training", "reading images")  # stages whose batch counter means something
 
 
 def preset_of(presets: dict[str, tuple[str, float]], optimizer: str, learning_rate: float) -> str:
@@ -41,9 +41,60 @@ def within(value, low, high=None):
     return value if high is None else min(value, high)
 
 
-def open_run(run_id: str) -> runs.Run | None:
-    path = runs_dir() / run_id
-    return runs.Run(path) if (path / runs.CONFIG_FILE).is_file() else None
+def setting_differences(config: RunConfig) -> list[str]:
+    """The settings `config` (a run's) used that differ from the session's current
+    choices, in words: "image size 96 px (now 160 px)"."""
+    data, model, augment = state("data_config"), state("model_config"), state("augment_config")
+    differences = []
+    if (config.data.source, config.data.name) != (data.source, data.name):
+        differences.append(f"data {config.data.source} · {config.data.name or 'shapes'} (now {data.source} · "
+                           f"{data.name or 'shapes'})")
+    if config.data.image_size != data.image_size:
+        differences.append(f"image size {config.data.image_size} px (now {data.image_size} px)")
+    if (config.model.backbone, config.model.weights) != (model.backbone, model.weights):
+        differences.append(f"backbone {config.model.backbone} with {config.model.weights} weights "
+                           f"(now {model.backbone} with {model.weights} weights)")
+    if config.augment != augment:
+        differences.append("augmentation (changed since)")
+    return differences
+
+
+def name_differences(run: runs.Run) -> None:
+    """Say which settings the shown run used where they differ from the current choices."""
+    try:
+        differences = setting_differences(run.config)
+    except UserError:  # an unreadable config is reported by the panel itself
+        return
+    if differences:
+        st.info(f"Run `{run.id}` used other settings than your current choices: {'; '.join(differences)}. "
+                "Its results are for its own settings.", icon=":material/difference:")
+
+
+def outcome_text(run: runs.Run, status: dict) -> str | None:
+    """What a stop did, in words: "Stopped after epoch 3; best weights kept."."""
+    if status["status"] != runs.STOPPED:
+        return None
+    history = run.history()
+    if not history:
+        return "Stopped before the first epoch ended; nothing was saved."
+    last = history[-1]["epoch"]
+    if status.get("stopped_now"):
+        return (f"Stopped now: the job's process was ended during epoch {last + 1}; the history up to "
+                f"epoch {last} and the last saved model are kept.")
+    return f"Stopped after epoch {last}; best weights kept."
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _history(path: str, mtime_ns: int, size: int) -> list[dict]:
+    """A run's history, read again only when history.jsonl changed."""
+    return runs.Run(path).history()
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _curves(path: str, mtime_ns: int, size: int, smoothing: float):
+    """The curves figure of one version of a run's history: a poll that finds the same
+    history reuses the figure instead of building it again."""
+    return learning_curves(_history(path, mtime_ns, size), smoothing)
 
 
 def learning_curves(history: list[dict], smoothing: float = 0.0):
@@ -53,6 +104,11 @@ def learning_curves(history: list[dict], smoothing: float = 0.0):
     figure = px.line(frame, x="epoch", y="value", color="split", facet_col="metric", markers=True,
                      color_discrete_map={"train": "#1f77b4", "validation": "#e8590c"})
     figure.update_yaxes(matches=None, showticklabels=True)
+    for column, metric in enumerate(frame["metric"].unique() if len(frame) else [], start=1):
+        if metric == "accuracy":  # a flat curve must not get plotly's -0.5..1 axis
+            values = frame.loc[frame["metric"] == metric, "value"]
+            low, high = max(0.0, float(values.min()) - 0.05), min(1.0, float(values.max())) + 0.02
+            figure.update_yaxes(range=[low, high], row=1, col=column)
     figure.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1].capitalize()))
     marker = fine_tune_start(history)
     if marker is not None:
@@ -64,55 +120,82 @@ def learning_curves(history: list[dict], smoothing: float = 0.0):
     return figure
 
 
-def job_panel(run_id: str, smoothing: float = 0.0, results=None) -> None:
-    """Status, progress, Stop, live curves and then `results(run)` of one run.
+def job_panel(run: runs.Run, smoothing: float = 0.0, results=None) -> None:
+    """Status, progress, Stop (and Stop now), live curves and then `results(run)` of one run.
 
-    Polls while the job was active when the page was drawn, so what the job ends
-    with appears by itself; no full-page rerun, which could swallow a click on
-    another page. The next interaction redraws the page and the polling stops.
+    Polls while the run was active when the page was drawn; when its status changes
+    (it starts, ends, fails), the whole page reruns once, so the sidebar and the
+    results follow, and the polling stops with the job.
     """
-    manager = job_manager()
-    job = manager.get(run_id)
-    active = job is not None and job.state != "done"
+    drawn = run.status()["status"]
 
-    @st.fragment(run_every=POLL_SECONDS if active else None)
+    @st.fragment(run_every=POLL_SECONDS if drawn in runs.ACTIVE_STATUSES else None)
     def panel():
-        run = open_run(run_id)
-        if run is None:
-            st.warning(f"Run {run_id} no longer exists.")
-            return
         status = run.status()
-        live = manager.get(run_id)
-        state = live.state if live is not None else status["status"]
-        st.markdown(f"**Run** `{run_id}` — **{status['status']}**")
-        if state == "queued":
-            waiting = [j.run_id for j in manager.queued()]
-            position = waiting.index(run_id) + 1 if run_id in waiting else "?"
-            current = manager.current()
-            st.info(f"Queued: number {position} in line; one job runs at a time per server"
-                    + (f" (now running: {current.run_id})." if current else "."), icon=":material/schedule:")
-        if state == "running":
-            _progress(live.progress.snapshot())
-            if st.button("Stop", icon=":material/stop_circle:", key=f"stop-{run_id}"):
-                manager.stop(run_id)
-                st.toast("Stopping after the current batch; the best weights so far are kept.")
-        if state == "queued" and st.button("Remove from queue", key=f"unqueue-{run_id}"):
-            manager.stop(run_id)
-        if status["status"] == runs.FAILED:
-            st.error(status.get("error") or "The job failed.", icon=":material/error:")
-            if status.get("hint"):
-                st.info(status["hint"], icon=":material/lightbulb:")
-        if status["status"] == runs.INTERRUPTED:
-            st.warning(f"{status.get('error', 'Interrupted.')} The history so far and the last saved model are kept.")
-        history = run.history()
-        if history:
-            st.plotly_chart(learning_curves(history, smoothing), width="stretch", key=f"curves-{run_id}")
-        elif state == "running":
-            st.caption("Curves appear after the first epoch.")
+        if status["status"] != drawn:
+            st.rerun()  # the page (and the sidebar) follow the new state
+        _panel(run, status, smoothing)
         if results is not None:
             results(run)
 
     panel()
+
+
+def _panel(run: runs.Run, status: dict, smoothing: float) -> None:
+    manager = job_manager()
+    job = manager.get(run.id)
+    st.markdown(f"**Run** `{run.id}` — **{status['status']}**")
+    if status["status"] == runs.QUEUED:
+        waiting = [j.run_id for j in manager.queued()]
+        position = waiting.index(run.id) + 1 if run.id in waiting else "?"
+        running = [j.run_id for j in manager.running()]
+        at_once = "one job runs" if manager.workers == 1 else f"{manager.workers} jobs run"
+        st.info(f"Queued: number {position} in line; {at_once} at a time per server"
+                + (f" (now running: {', '.join(running)})." if running else "."), icon=":material/schedule:")
+        if st.button("Remove from queue", key=f"unqueue-{run.id}"):
+            manager.stop(run.id)
+    if status["status"] == runs.RUNNING:
+        progress = run.progress()
+        _progress(progress)
+        _stop_buttons(run, job)
+    if status["status"] == runs.FAILED:
+        st.error(status.get("error") or "The job failed.", icon=":material/error:")
+        if status.get("hint"):
+            st.info(status["hint"], icon=":material/lightbulb:")
+    outcome = outcome_text(run, status)
+    if outcome:
+        st.info(outcome, icon=":material/stop_circle:")
+    if status["status"] == runs.INTERRUPTED:
+        st.warning(f"{status.get('error', 'Interrupted.')} The history so far and the last saved model are kept.")
+    stat = _history_stat(run)
+    if stat is not None:
+        st.plotly_chart(_curves(str(run.path), *stat, smoothing), width="stretch", key=f"curves-{run.id}")
+    elif status["status"] == runs.RUNNING:
+        st.caption("Curves appear after the first epoch.")
+
+
+def _history_stat(run: runs.Run) -> tuple[int, int] | None:
+    try:
+        stat = (run.path / runs.HISTORY_FILE).stat()
+    except FileNotFoundError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size) if stat.st_size else None
+
+
+def _stop_buttons(run: runs.Run, job) -> None:
+    asked = run.stop_requested_at()
+    if asked is None:
+        if st.button("Stop", icon=":material/stop_circle:", key=f"stop-{run.id}"):
+            run.request_stop()
+            st.toast("Stopping after the current batch; the best weights so far are kept.")
+        return
+    waited = time.time() - asked
+    st.caption(f"Stopping after the current batch (asked {waited:.0f} s ago)...")
+    can_kill = waited >= STOP_NOW_AFTER_S and job is not None and job.state == "running"
+    if can_kill and st.button("Stop now", icon=":material/cancel:", key=f"stop-now-{run.id}", type="primary",
+                              help="End the job's process at once: the history so far and the last saved model "
+                                   "are kept."):
+        job_manager().kill(run.id)
 
 
 def _progress(snapshot: dict) -> None:
@@ -126,7 +209,7 @@ def _progress(snapshot: dict) -> None:
         done = snapshot.get("epoch_in_phase", 0)
         st.progress(min(done / epochs, 1.0), text=f"{snapshot.get('phase', '')}: epoch {done} of {epochs}")
     batches = snapshot.get("batches") or 0
-    if batches:
+    if batches and (stage in BATCH_STAGES or stage.startswith("extracting features")):
         batch = snapshot.get("batch", 0)
         eta = snapshot.get("eta_seconds", 0.0)
         st.progress(min(batch / batches, 1.0),
@@ -135,5 +218,5 @@ def _progress(snapshot: dict) -> None:
     else:
         st.progress(0.0, text=f"{stage}...")
     metrics = snapshot.get("metrics") or {}
-    if metrics:
+    if metrics and stage == "training":
         st.caption(" · ".join(f"{k} {v:.4f}" for k, v in metrics.items()))

@@ -9,8 +9,8 @@ from core.config import DEFAULT_FINE_TUNE, RunConfig, TrainConfig
 from core.model.build import OPTIMIZERS, count_params, get_backbone, set_trainable
 from core.training import runs
 from pages import _quick_tries as quick_tries
-from pages._common import job_manager, runs_dir, state, user_errors
-from pages._training import job_panel, open_run, preset_of, within
+from pages._common import follow, job_manager, open_run, runs_dir, state, user_errors
+from pages._training import job_panel, name_differences, preset_of, within
 
 
 def learning_rates(head: TrainConfig) -> dict[str, tuple[str, float]]:
@@ -44,9 +44,40 @@ st.caption(
     "stays in inference mode (the backbone runs with training=False)."
 )
 
-head_run_id = st.session_state.get("head_run_id")
-run = open_run(head_run_id) if head_run_id else None
-if run is None or not run.model_path("head").is_file():
+
+def head_runs() -> list[runs.Run]:
+    """Runs with a trained head, newest first; the session's latest head run leads."""
+    trained = [run for run in runs.list_runs(runs_dir()) if run.model_path("head").is_file()]
+    mine = st.session_state.get("head_run_id")
+    return sorted(trained, key=lambda run: run.id != mine)
+
+
+def pick_head_run() -> runs.Run | None:
+    """The head run to continue: this session's latest, or one picked from the list."""
+    latest = open_run(st.session_state.get("head_run_id"))
+    if latest is not None and not latest.model_path("head").is_file():
+        status = latest.status()["status"]
+        if status in runs.ACTIVE_STATUSES:
+            st.info(f"The head of run `{latest.id}` is still {status}: fine-tuning can continue it once it has "
+                    "finished (watch it on the Train head page), or pick a finished run below.",
+                    icon=":material/hourglass_top:")
+    candidates = head_runs()
+    if not candidates:
+        return None
+    ids = [run.id for run in candidates]
+    if st.session_state.get("_fine_tune_head_for") != st.session_state.get("head_run_id"):
+        st.session_state.pop("fine_tune_head_run", None)  # a newer head run of this session leads again
+        st.session_state["_fine_tune_head_for"] = st.session_state.get("head_run_id")
+    labels = {run.id: run.id + ("  (this session's latest)" if run.id == st.session_state.get("head_run_id") else "")
+              for run in candidates}
+    chosen = st.selectbox("Head run to continue", ids, format_func=labels.get, key="fine_tune_head_run",
+                          help="The latest head run of this session comes first; any run with a trained head "
+                               "can be fine-tuned.")
+    return candidates[ids.index(chosen)]
+
+
+run = pick_head_run()
+if run is None:
     st.warning("Train the head first (Train head page): fine-tuning with a random head sends large gradients "
                "through the backbone and wrecks its pretrained features.", icon=":material/warning:")
     if st.checkbox("I know: build a fresh model and fine-tune it with an untrained head anyway"):
@@ -58,13 +89,14 @@ if run is None or not run.model_path("head").is_file():
                                  seed=state("data_config").seed)
                 created = runs.Run.create(runs_dir(), base)
                 job_manager().submit(created, workflow.full_job)
-                st.session_state["run_id"] = st.session_state["head_run_id"] = created.id
-                st.session_state["fine_tune_run_id"] = created.id
+                follow(created)
+                st.session_state["head_run_id"] = st.session_state["fine_tune_run_id"] = created.id
                 st.rerun()
     st.stop()
 
 head = run.config.head
 st.markdown(f"Continuing run `{run.id}` (head: {head.optimizer} at {head.learning_rate:g}, {head.epochs} epochs).")
+name_differences(run)
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the trained model...")
@@ -138,7 +170,8 @@ with user_errors():
         updated: RunConfig = dataclasses.replace(run.config, fine_tune=fine_tune)
         run.write_json("config.json", config_io.to_dict(updated))
         job_manager().submit(open_run(run.id), workflow.fine_tune_job)
-        st.session_state["run_id"] = st.session_state["fine_tune_run_id"] = run.id
+        follow(run)
+        st.session_state["fine_tune_run_id"] = run.id
 
 smoothing = 0.8 if st.toggle("Smoothed curves (exponential moving average, as in Deep Learning with Python)") else 0.0
-job_panel(run.id, smoothing, results=tuned_results)
+job_panel(run, smoothing, results=tuned_results)

@@ -13,11 +13,12 @@ from core.errors import UserError
 from core.results import compare, export, packaging, parity
 from core.training import runs
 from pages import _quick_tries as quick_tries
-from pages._common import job_manager, runs_dir, show_error, state, user_errors
+from pages._common import RUN_PARAM, job_manager, load_into_session, runs_dir, show_error, state, user_errors
 
 MODEL_KINDS = {"final": "Final (after the last phase)", "best": "Best epoch", "head": "Head only"}
 POLL_SECONDS = 2
 PERCENT = st.column_config.NumberColumn(format="percent")
+SCORE_COLUMNS = ("best val accuracy", "test accuracy", "seconds")
 
 
 def run_label(row: dict) -> str:
@@ -43,6 +44,10 @@ def runs_table(rows: list[dict]) -> None:
         progress = [live_progress(row["run"]) for row in current]
         if any(progress):
             frame.insert(frame.columns.get_loc("status") + 1, "progress", progress)
+        scores = [column for column in SCORE_COLUMNS if column in frame.columns]  # visible at 1400 px, no scrolling
+        after = frame.columns.get_loc("progress" if "progress" in frame.columns else "status") + 1 if "status" in frame.columns else 0
+        rest = [column for column in frame.columns if column not in scores]
+        frame = frame[rest[:after] + scores + rest[after:]]
         st.dataframe(frame, hide_index=True, column_config={
             "best val accuracy": PERCENT,
             "test accuracy": PERCENT,
@@ -73,16 +78,9 @@ def curves_chart(histories: dict[str, list[dict]]):
 
 # --- one run: load, export, delete ----------------------------------------------------
 
-def load_into_session(run: runs.Run) -> None:
-    """Make the run's configs the session's, so the workflow pages continue from it."""
-    config = run.config
-    st.session_state.update(run_id=run.id, data_config=config.data, augment_config=config.augment,
-                            model_config=config.model, head_config=config.head)
-    if run.model_path("head").is_file():
-        st.session_state["head_run_id"] = run.id
-    if config.fine_tune is not None:
-        st.session_state.update(fine_tune_config=config.fine_tune, fine_tune_at=config.fine_tune.fine_tune_at,
-                                freeze_batchnorm=config.fine_tune.freeze_batchnorm)
+def load_run(run: runs.Run) -> None:
+    """Make the run the session's (its settings, followed, in the URL) and say so."""
+    load_into_session(run)
     st.session_state["runs_notice"] = f"Run {run.id} is now the session's run: its data, augmentation, model and training settings are loaded."
 
 
@@ -173,6 +171,8 @@ def delete_panel(run: runs.Run) -> None:
     for key in ("run_id", "head_run_id", "fine_tune_run_id"):
         if st.session_state.get(key) == run.id:
             del st.session_state[key]
+    if st.query_params.get(RUN_PARAM) == run.id:
+        del st.query_params[RUN_PARAM]
     st.session_state["runs_notice"] = f"Deleted run {run.id}."
     st.rerun()
 
@@ -189,7 +189,7 @@ def manage_run(rows: list[dict]) -> None:
     with load:
         st.caption("Use this run's data, augmentation, model and training settings in the workflow pages, "
                    "e.g. to fine-tune its head further or to evaluate it.")
-        st.button("Load into session", key="runs_load", on_click=load_into_session, args=(run,),
+        st.button("Load into session", key="runs_load", on_click=load_run, args=(run,),
                   icon=":material/input:", disabled=_status(rows, run_id) == "unreadable")
     with export_tab:
         export_panel(run)

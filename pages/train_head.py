@@ -10,8 +10,8 @@ from core.model.build import OPTIMIZERS
 from core.results.chance import chance_level_warning
 from core.training import runs
 from pages import _quick_tries as quick_tries
-from pages._common import current_data, job_manager, runs_dir, state, user_errors
-from pages._training import attached_run_id, job_panel, preset_of, within
+from pages._common import current_data, follow, followed_run, job_manager, runs_dir, state, user_errors
+from pages._training import job_panel, name_differences, preset_of, within
 
 LEARNING_RATES = {"Adam 1e-3 (Keras guide)": ("adam", 1e-3), "Adam 1e-4 (TF tutorial)": ("adam", 1e-4)}
 
@@ -19,7 +19,6 @@ def head_results(run) -> None:
     """The head phase's scores, once it has saved its model."""
     if not run.model_path("head").is_file():
         return
-    st.session_state["head_run_id"] = run.id
     metrics = run.read_json("metrics.json", default={})
     cols = st.columns(4)
     initial, head_metrics = metrics.get("initial", {}), metrics.get("head", {})
@@ -88,11 +87,13 @@ if start and data is not None:
                                model=state("model_config"), head=head, seed=state("data_config").seed)
         run = runs.Run.create(runs_dir(), run_config)
         job_manager().submit(run, workflow.head_job)
-        st.session_state["run_id"] = run.id
+        follow(run)
+        st.session_state["head_run_id"] = run.id  # Fine-tune continues this run, even before it ends
         st.session_state.pop("fine_tune_run_id", None)
 
-run_id = attached_run_id()
-if run_id:
-    job_panel(run_id, results=head_results)
+shown = followed_run()
+if shown is not None:
+    name_differences(shown)
+    job_panel(shown, results=head_results)
 else:
     st.info("Press Start: training runs in the background, so you can switch pages and come back.")

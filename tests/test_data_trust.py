@@ -1,7 +1,6 @@
 """Data you can trust (issue 11): each fault kind on data the tests build, then the
 matching ../shared/cases folder."""
 import io
-import os
 import shutil
 from pathlib import Path
 

@@ -22,7 +22,7 @@ from core.model.augmentation import build_augmentation
 from core.model.build import build_model, set_trainable
 from core.training import feature_cache, runs
 from core.training import phases as training
-from core.training.jobs import Progress
+from core.training.progress import Progress
 from tests.helpers import make_colour_folders
 
 SIZE = 128

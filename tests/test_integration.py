@@ -8,7 +8,7 @@ import pytest
 from core import workflow
 from core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from core.training import runs
-from core.training.jobs import Progress
+from core.training.progress import Progress
 
 pytestmark = pytest.mark.integration
 

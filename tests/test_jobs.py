@@ -1,24 +1,32 @@
-"""The background job runner: ordering, stopping, failures, progress and memory release."""
+"""The job queue and its worker processes: ordering, stopping, "Stop now", crashes,
+failures, progress across the process boundary, and the server's memory.
+
+Jobs here are module-level functions (a worker process unpickles them by name); the
+managers preload nothing, so a worker starts in a fraction of a second.
+"""
 import errno
-import gc
-import sys
-import threading
-import types
-import weakref
+import functools
+import os
+import signal
+import time
 
 import pytest
 
 from core.config import RunConfig
 from core.errors import UserError
-from core.training.jobs import JobManager, Progress
+from core.training.jobs import JobManager
+from core.training.progress import FileProgress, Progress, RunProgress
 from core.training.runs import Run
+from core.training.worker import Worker, exit_reason
 
-TIMEOUT = 10
+TIMEOUT = 60
 
 
 @pytest.fixture
 def manager():
-    return JobManager()
+    manager = JobManager(workers=1, preload=())
+    yield manager
+    manager.close()
 
 
 @pytest.fixture
@@ -26,27 +34,86 @@ def make_run(tmp_path):
     return lambda: Run.create(tmp_path / "runs", RunConfig())
 
 
-def _blocking_job(started: threading.Event, release: threading.Event):
-    def fn(run, progress):
-        started.set()
-        assert release.wait(TIMEOUT)
-    return fn
+def wait_for(condition, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
 
 
-def _until_stopped(started: threading.Event):
-    def fn(run, progress):
-        started.set()
-        while not progress.stop_requested:
-            progress.update(batch=progress.snapshot().get("batch", 0) + 1)
-    return fn
+# --- jobs (module level: a worker process imports them by name) ------------------
 
+def blocking(run, progress):
+    """Wait until the test creates `release` in the run folder."""
+    (run.path / "started").touch()
+    while not (run.path / "release").exists():
+        time.sleep(0.02)
+
+
+def until_stopped(run, progress):
+    """Count batches until a stop is requested, as a training loop does."""
+    batch = 0
+    while not progress.stop_requested:
+        batch += 1
+        progress.update(stage="training", batch=batch)
+        time.sleep(0.01)
+
+
+def stuck_in_a_long_batch(run, progress):
+    """A batch that never ends: only "Stop now" can end this job."""
+    progress.update(stage="training", batch=1, batches=10)
+    run.append_history({"phase": "head", "epoch": 1, "loss": 0.5})
+    (run.path / "started").touch()
+    time.sleep(3600)
+
+
+def log_line(run, progress, text="ran"):
+    run.log(text)
+
+
+def broken(run, progress):
+    raise ZeroDivisionError("division by zero")
+
+
+def needs_data(run, progress):
+    raise UserError("Folder /data/cats has no images.", "Add .jpg files and try again.")
+
+
+def hard_exit(run, progress):
+    progress.update(stage="training", batch=1)
+    os._exit(3)
+
+
+def sigkill_self(run, progress):
+    (run.path / "started").touch()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def report_pid(run, progress):
+    run.write_json("pid.json", {"pid": os.getpid(), "parent": os.getppid()})
+
+
+class DiskFullModel:
+    def save(self, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def save_on_full_disk(run, progress):
+    run.save_model(DiskFullModel(), "final")
+
+
+def update_progress(run, progress):
+    progress.update(phase="head", epoch=1, epochs=3, metrics={"loss": 0.5})
+    blocking(run, progress)
+
+
+# --- tests -------------------------------------------------------------------
 
 def test_second_job_waits_for_the_first(manager, make_run):
     first_run, second_run = make_run(), make_run()
-    started, release = threading.Event(), threading.Event()
-    first = manager.submit(first_run, _blocking_job(started, release))
-    second = manager.submit(second_run, lambda run, progress: run.log("second ran"))
-    assert started.wait(TIMEOUT)
+    first = manager.submit(first_run, blocking)
+    second = manager.submit(second_run, functools.partial(log_line, text="second ran"))
+    wait_for(lambda: (first_run.path / "started").exists())
 
     assert manager.current() is first and first.state == "running"
     assert manager.queued() == [second] and second.state == "queued"
@@ -54,7 +121,7 @@ def test_second_job_waits_for_the_first(manager, make_run):
     assert second_run.status()["status"] == "queued"
     assert not manager.wait(timeout=0.05)
 
-    release.set()
+    (first_run.path / "release").touch()
     assert manager.wait(TIMEOUT)
     assert (first.state, second.state) == ("done", "done")
     assert manager.current() is None and manager.queued() == []
@@ -64,10 +131,42 @@ def test_second_job_waits_for_the_first(manager, make_run):
     assert manager.get(first_run.id) is first
 
 
+def test_each_job_runs_in_its_own_spawned_process(manager, make_run):
+    first, second = make_run(), make_run()
+    manager.submit(first, report_pid)
+    manager.submit(second, report_pid)
+    assert manager.wait(TIMEOUT)
+    pids = [run.read_json("pid.json") for run in (first, second)]
+    assert {p["parent"] for p in pids} == {os.getpid()}
+    assert len({p["pid"] for p in pids} | {os.getpid()}) == 3
+
+
+def test_two_workers_run_two_jobs_at_once(make_run):
+    manager = JobManager(workers=2, preload=())
+    try:
+        both = [make_run(), make_run()]
+        for run in both:
+            manager.submit(run, blocking)
+        wait_for(lambda: all((run.path / "started").exists() for run in both))
+        assert len(manager.running()) == 2
+        for run in both:
+            (run.path / "release").touch()
+        assert manager.wait(TIMEOUT)
+        assert [run.status()["status"] for run in both] == ["finished", "finished"]
+    finally:
+        manager.close()
+
+
+def test_a_warm_worker_is_ready_before_a_job_is_submitted(manager):
+    worker = manager.warm_worker()
+    assert worker is not None and worker.is_alive()
+    assert worker.wait_ready(TIMEOUT) is not None and worker.wait_ready() >= 0
+
+
 def test_stop_running_job(manager, make_run):
-    run, started = make_run(), threading.Event()
-    job = manager.submit(run, _until_stopped(started))
-    assert started.wait(TIMEOUT)
+    run = make_run()
+    job = manager.submit(run, until_stopped)
+    wait_for(lambda: job.progress.snapshot().get("batch", 0) >= 1)
     assert manager.stop(run.id)
     assert manager.wait(TIMEOUT)
     assert job.state == "done"
@@ -76,29 +175,44 @@ def test_stop_running_job(manager, make_run):
     assert not manager.stop(run.id)
 
 
+def test_stop_now_ends_a_job_stuck_in_a_long_batch_and_leaves_it_stopped(manager, make_run):
+    run, next_run = make_run(), make_run()
+    job = manager.submit(run, stuck_in_a_long_batch)
+    manager.submit(next_run, log_line)
+    wait_for(lambda: (run.path / "started").exists())
+    assert manager.stop(run.id)
+    time.sleep(0.5)
+    assert job.state == "running", "a batch that does not end cannot stop by itself"
+
+    assert manager.kill(run.id)
+    assert manager.wait(TIMEOUT)
+    status = run.status()
+    assert status["status"] == "stopped" and status["stopped_now"] is True
+    assert [record["epoch"] for record in run.history()] == [1]
+    assert "Stopped now" in run.read_log() and "SIGKILL" in run.read_log()
+    assert next_run.status()["status"] == "finished"
+
+
 def test_stop_queued_job_never_runs_it(manager, make_run):
-    started, release = threading.Event(), threading.Event()
-    manager.submit(make_run(), _blocking_job(started, release))
-    queued_run, ran = make_run(), threading.Event()
-    queued = manager.submit(queued_run, lambda run, progress: ran.set())
-    assert started.wait(TIMEOUT)
+    first = make_run()
+    manager.submit(first, blocking)
+    queued_run = make_run()
+    queued = manager.submit(queued_run, log_line)
+    wait_for(lambda: (first.path / "started").exists())
 
     assert manager.stop(queued_run.id)
     assert manager.queued() == [] and queued.state == "done"
     assert queued_run.status()["status"] == "stopped"
-    release.set()
+    (first.path / "release").touch()
     assert manager.wait(TIMEOUT)
-    assert not ran.is_set()
+    assert "ran" not in queued_run.read_log()
     assert queued_run.status()["status"] == "stopped"
 
 
 def test_failing_job_records_error_and_next_job_runs(manager, make_run):
-    def broken(run, progress):
-        raise ZeroDivisionError("division by zero")
-
     failed_run, next_run = make_run(), make_run()
     job = manager.submit(failed_run, broken)
-    manager.submit(next_run, lambda run, progress: None)
+    manager.submit(next_run, log_line)
     assert manager.wait(TIMEOUT)
 
     status = failed_run.status()
@@ -108,26 +222,41 @@ def test_failing_job_records_error_and_next_job_runs(manager, make_run):
     assert next_run.status()["status"] == "finished"
 
 
-def test_user_error_keeps_message_and_hint(manager, make_run):
-    def needs_data(run, progress):
-        raise UserError("Folder /data/cats has no images.", "Add .jpg files and try again.")
+@pytest.mark.parametrize("job, reason", [(hard_exit, "exit code 3"), (sigkill_self, "killed by signal SIGKILL")])
+def test_a_worker_that_dies_fails_its_run_with_the_reason_and_the_next_job_runs(manager, make_run, job, reason):
+    dead, next_run = make_run(), make_run()
+    manager.submit(dead, job)
+    manager.submit(next_run, log_line)
+    assert manager.wait(TIMEOUT)
+    status = dead.status()
+    assert status["status"] == "failed"
+    assert status["error"] == f"The worker process died ({reason}) before the job ended."
+    assert "Out of memory" in status["hint"]
+    assert next_run.status()["status"] == "finished" and "ran" in next_run.read_log()
 
+
+def test_a_worker_killed_from_outside_fails_its_run(manager, make_run):
+    run = make_run()
+    job = manager.submit(run, blocking)
+    wait_for(lambda: (run.path / "started").exists())
+    os.kill(run.status()["worker_pid"], signal.SIGKILL)
+    assert manager.wait(TIMEOUT)
+    assert run.status()["status"] == "failed" and "SIGKILL" in job.error
+
+
+def test_user_error_keeps_message_and_hint(manager, make_run):
     run = make_run()
     job = manager.submit(run, needs_data)
     assert manager.wait(TIMEOUT)
     status = run.status()
     assert (status["error"], status["hint"]) == ("Folder /data/cats has no images.",
                                                  "Add .jpg files and try again.")
-    assert "Add .jpg files" in job.error
+    assert "Folder /data/cats" in job.error
 
 
 def test_failed_final_save_is_never_finished(manager, make_run):
-    class DiskFullModel:
-        def save(self, path):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
     run = make_run()
-    manager.submit(run, lambda run, progress: run.save_model(DiskFullModel(), "final"))
+    manager.submit(run, save_on_full_disk)
     assert manager.wait(TIMEOUT)
     status = run.status()
     assert status["status"] == "failed"
@@ -136,64 +265,74 @@ def test_failed_final_save_is_never_finished(manager, make_run):
 
 
 def test_resubmitting_an_active_run_is_refused(manager, make_run):
-    run, started, release = make_run(), threading.Event(), threading.Event()
-    manager.submit(run, _blocking_job(started, release))
+    run = make_run()
+    manager.submit(run, blocking)
     with pytest.raises(UserError, match="already"):
-        manager.submit(run, lambda run, progress: None)
-    release.set()
+        manager.submit(run, log_line)
+    (run.path / "release").touch()
     assert manager.wait(TIMEOUT)
 
 
-def test_progress_snapshots_from_another_thread(manager, make_run):
-    updated, release = threading.Event(), threading.Event()
+def test_a_job_that_cannot_be_pickled_is_refused_at_once(manager, make_run):
+    run = make_run()
+    with pytest.raises(TypeError, match="module-level function"):
+        manager.submit(run, lambda run, progress: None)
+    assert manager.get(run.id) is None
 
-    def train(run, progress):
-        progress.update(phase="head", epoch=1, epochs=3, metrics={"loss": 0.5})
-        updated.set()
-        assert release.wait(TIMEOUT)
 
-    job = manager.submit(make_run(), train)
-    assert updated.wait(TIMEOUT)
+def test_progress_crosses_the_process_boundary_through_the_run_folder(manager, make_run):
+    run = make_run()
+    job = manager.submit(run, update_progress)
+    wait_for(lambda: (run.path / "started").exists())
     snapshot = job.progress.snapshot()
     assert (snapshot["phase"], snapshot["epoch"], snapshot["metrics"]) == ("head", 1, {"loss": 0.5})
     assert snapshot["elapsed_seconds"] >= 0 and not snapshot["stop_requested"]
+    assert RunProgress(Run(run.path)).snapshot()["epoch"] == 1  # any process reads the same
+    (run.path / "release").touch()
+    assert manager.wait(TIMEOUT)
+    assert job.progress.snapshot()["stage"] == "ended"
+
+
+def test_file_progress_writes_stage_changes_at_once_and_throttles_batches(make_run):
+    run = make_run()
+    progress = FileProgress(run, interval=60)
+    progress.start()
+    progress.update(stage="training", batch=1)
+    progress.update(batch=2)  # within the interval: not written yet
+    assert (run.progress()["stage"], run.progress()["batch"]) == ("training", 1)
+    progress.update(stage="saving models")
+    assert (run.progress()["stage"], run.progress()["batch"]) == ("saving models", 2)
+    assert not progress.stop_requested
+    run.request_stop()  # as another process would
+    assert progress.stop_requested and RunProgress(run).snapshot()["stop_requested"]
+
+
+def test_progress_snapshots_are_copies():
+    progress = Progress()
+    progress.update(metrics={"loss": 0.5})
+    snapshot = progress.snapshot()
     snapshot["metrics"]["loss"] = 99.0
-    assert job.progress.snapshot()["metrics"] == {"loss": 0.5}
-    release.set()
-    assert manager.wait(TIMEOUT)
+    assert progress.snapshot()["metrics"] == {"loss": 0.5}
 
 
-def test_progress_updates_are_never_seen_half_done():
-    progress, done = Progress(), threading.Event()
-
-    def write():
-        for step in range(20000):
-            progress.update(batch=step, metrics={"step": step})
-        done.set()
-
-    writer = threading.Thread(target=write)
-    writer.start()
-    while not done.is_set():
-        snapshot = progress.snapshot()
-        if "batch" in snapshot:
-            assert snapshot["metrics"]["step"] == snapshot["batch"]
-    writer.join()
-    assert progress.snapshot()["batch"] == 19999
+def test_an_unused_worker_retires_cleanly():
+    worker = Worker(preload=())
+    assert worker.wait_ready(TIMEOUT) is not None
+    worker.retire()
+    assert worker.process.exitcode == 0
 
 
-def test_finished_job_releases_its_work_and_clears_keras(manager, make_run, monkeypatch):
-    cleared = []
-    fake_keras = types.SimpleNamespace(backend=types.SimpleNamespace(clear_session=lambda: cleared.append(1)))
-    monkeypatch.setitem(sys.modules, "keras", fake_keras)
+def test_exit_reasons_are_words():
+    assert exit_reason(-9) == "killed by signal SIGKILL"
+    assert exit_reason(1) == "exit code 1"
+    assert exit_reason(None) == "still running"
 
-    class BigModel:
-        pass
 
-    model = BigModel()
-    model_ref = weakref.ref(model)
-    manager.submit(make_run(), lambda run, progress, model=model: None)
-    del model
-    assert manager.wait(TIMEOUT)
-    gc.collect()
-    assert model_ref() is None
-    assert cleared == [1]
+def test_the_worker_count_comes_from_tl_workers(monkeypatch):
+    from core import settings
+
+    monkeypatch.setenv("TL_WORKERS", "3")
+    assert settings.workers() == 3
+    monkeypatch.setenv("TL_WORKERS", "none")
+    with pytest.raises(ValueError, match="TL_WORKERS"):
+        settings.workers()

@@ -66,7 +66,7 @@ def test_flipped_colour_images_rank_first_with_pretrained_features():
 
 
 def test_pooled_features_stop_between_batches():
-    from core.training.jobs import Progress
+    from core.training.progress import Progress
     from core.training.phases import Stopped
 
     model = build_model(ModelConfig(backbone="MobileNet", weights="none"), 2, 96)

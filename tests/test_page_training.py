@@ -6,6 +6,7 @@ AppTest does not drive `st.fragment(run_every=...)` timers: tests wait on the wo
 and rerun the app to see a job's new state.
 """
 import base64
+import dataclasses
 import json
 import shutil
 import time
@@ -138,25 +139,59 @@ def test_head_training_runs_the_sessions_configs_and_shows_its_metrics(trained_h
     assert not at.error
 
 
-def test_a_new_session_reattaches_to_the_running_job_and_stops_it(runs_dir):
+def reopen(page: str, run_id: str, sidebar: list | None = None) -> AppTest:
+    """A reload, a bookmark or a shared link: a new session whose URL names the run.
+    The first page's sidebar captions go to `sidebar` (AppTest loses the sidebar after
+    a page switch)."""
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["run"] = run_id
+    at.run()
+    if sidebar is not None:
+        sidebar.extend(caption.value for caption in at.sidebar.caption)
+    at.switch_page(page).run()
+    assert not at.exception
+    return at
+
+
+def test_sessions_see_only_their_own_runs_and_a_url_reopens_one_with_its_settings(runs_dir):
     long_job = TrainConfig(epochs=30, fast_path=False, views=1)
     first = open_page("pages/train_head.py", head_config=long_job)
     run = start_head_training(first)
+    assert first.query_params["run"] == run.id, "the followed run is in the URL"
     wait_until(lambda: len(run.history()) >= 1)  # an epoch is done: stopping keeps it
 
-    other = open_page("pages/train_head.py", head_config=long_job)  # another browser, never pressed Start
-    assert panel_status(other, run.id) == runs.RUNNING
-    assert other.session_state["run_id"] == run.id, "it keeps following the run after the job ends"
-    by_label(other.button, "Stop").click().run()
-    assert not other.exception
-    finish_jobs(other)
-
-    assert panel_status(other, run.id) == runs.STOPPED
-    assert run.status()["status"] == runs.STOPPED
-    assert 1 <= len(run.history()) < long_job.epochs
-    assert run.read_json("metrics.json")["head"]["stopped"] is True
+    other_first_page = AppTest.from_file(APP, default_timeout=120).run()  # another browser
+    other = open_page("pages/train_head.py", head_config=TrainConfig(epochs=3))
+    assert not [m for m in other.markdown if m.value.startswith("**Run**")], "it shows someone else's run"
+    assert "run_id" not in other.session_state
     assert "Stop" not in [button.label for button in other.button]
+    assert "No training job running." in [c.value for c in other_first_page.sidebar.caption]
+
+    sidebar = []
+    reloaded = reopen("pages/train_head.py", run.id, sidebar)  # same URL, new session, nothing in its state
+    assert panel_status(reloaded, run.id) == runs.RUNNING
+    assert reloaded.session_state["run_id"] == reloaded.session_state["head_run_id"] == run.id
+    assert reloaded.session_state["head_config"] == long_job
+    assert reloaded.session_state["data_config"] == SESSION["data_config"]
+    assert f"Run `{run.id}` is running." in sidebar
+    by_label(reloaded.button, "Stop").click().run()
+    assert not reloaded.exception
+    finish_jobs(reloaded)
+
+    assert panel_status(reloaded, run.id) == runs.STOPPED
+    assert run.status()["status"] == runs.STOPPED
+    epochs = len(run.history())
+    assert 1 <= epochs < long_job.epochs
+    assert f"Stopped after epoch {epochs}; best weights kept." in [info.value for info in reloaded.info]
+    assert run.read_json("metrics.json")["head"]["stopped"] is True
+    assert "Stop" not in [button.label for button in reloaded.button]
     assert [r.id for r in run_folders()] == [run.id]
+
+
+def test_a_link_to_a_run_that_does_not_exist_opens_the_page_without_it(runs_dir):
+    at = reopen("pages/train_head.py", "20990101-000000-gone-000000")
+    assert "run_id" not in at.session_state
+    assert not at.error and not [m for m in at.markdown if m.value.startswith("**Run**")]
 
 
 def test_a_second_session_queues_behind_the_running_job(runs_dir):
@@ -233,6 +268,25 @@ def test_a_diverging_learning_rate_fails_the_run_with_an_error_box(runs_dir):
     assert "the loss became NaN" in at.error[0].value
     assert any("Lower the learning rate" in info.value for info in at.info)
     assert not at.metric, "a failed run has no trained head to report"
+
+
+def test_the_fine_tune_page_offers_the_sessions_latest_head_run_and_names_changed_settings(trained_head, runs_dir):
+    head_run = trained_head[1]
+    older, latest = (runs.Run(shutil.copytree(head_run.path, runs_dir / f"2000010{n}-000000-copy-00000{n}"))
+                     for n in (1, 2))
+    newest_elsewhere = runs.Run(shutil.copytree(head_run.path, runs_dir / "20990101-000000-other-000000"))
+    assert runs.list_runs(runs_dir)[0] == newest_elsewhere  # another session's, newer than the session's own
+
+    at = open_page("pages/fine_tune.py", head_run_id=latest.id,
+                   data_config=dataclasses.replace(SESSION["data_config"], image_size=128))
+    picker = by_label(at.selectbox, "Head run to continue")
+    assert picker.value == latest.id
+    assert {option.split()[0] for option in picker.options} >= {older.id, latest.id, newest_elsewhere.id}
+    assert any(f"Continuing run `{latest.id}`" in m.value for m in at.markdown)
+    assert any("image size 96 px (now 128 px)" in info.value for info in at.info)
+
+    picker.set_value(older.id).run()
+    assert any(f"Continuing run `{older.id}`" in m.value for m in at.markdown)
 
 
 def test_settings_loaded_from_a_run_keep_their_rate_and_fit_the_form(runs_dir):

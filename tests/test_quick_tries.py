@@ -16,7 +16,7 @@ from core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from core.errors import UserError
 from core.model.build import add_head, compile_model
 from core.training import lr_finder, runs
-from core.training.jobs import Progress
+from core.training.progress import Progress
 
 
 def test_suggest_picks_the_steepest_fall_of_a_known_curve():

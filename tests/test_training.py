@@ -18,7 +18,7 @@ from core.data.array_store import ArrayStore
 from core.model.augmentation import build_augmentation
 from core.model.build import build_model, get_backbone, set_trainable
 from core.training import phases as training
-from core.training.jobs import Progress
+from core.training.progress import Progress
 
 SIZE = 96
 

@@ -1,89 +1,58 @@
-"""A background job runner that the UI polls.
+"""The job queue that the UI and the CLI submit to; jobs run in worker processes.
 
-Streamlit reruns a page script on every interaction, so training cannot live in
-a script run. One `JobManager` per server process (the UI keeps it in
-`st.cache_resource`) runs jobs one at a time on a daemon worker thread. A job
-publishes its progress to a thread-safe `Progress` and to its run directory;
-pages poll `JobManager.get(run_id).progress.snapshot()` from any browser session.
-The worker never touches Streamlit. The CLI submits a job and calls `wait()`.
+Streamlit reruns a page script on every interaction, so training cannot live in a
+script run, nor (it would share the GIL and the memory of the web server) in the
+server's process at all. One `JobManager` per server process (the UI keeps it in
+`st.cache_resource`) queues jobs first in, first out, and runs up to `workers` of
+them at once (`$TL_WORKERS`, default 1), each in its own spawned worker process
+(see `core.training.worker` for why). It keeps one warm worker ready, started
+before it is needed, and starts the next while a job runs.
+
+The manager owns the status of the runs it queued (the run folder records this
+process), so a restarted server reads them as interrupted. A worker records its
+job's outcome itself; when a worker dies without one (a crash, SIGKILL, out of
+memory) the manager marks the run failed with the exit code or signal, and the
+next queued job starts. `stop` asks a job to stop after its batch (through the run
+folder); `kill` ("Stop now") ends its process and leaves the run stopped, with its
+history and last saved model. Progress is read from the run folder (`RunProgress`).
 """
 from __future__ import annotations
 
-import copy
-import gc
-import sys
+import pickle
 import threading
 import time
 import traceback
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
+from core import settings
 from core.errors import UserError
-from core.training.runs import FAILED, FINISHED, QUEUED, RUNNING, STOPPED, Run
+from core.training.progress import RunProgress
+from core.training.runs import ACTIVE_STATUSES, FAILED, QUEUED, RUNNING, STOPPED, Run
+from core.training.worker import PRELOAD, Worker, exit_reason
 
 JOB_QUEUED = "queued"
 JOB_RUNNING = "running"
 JOB_DONE = "done"
 
-
-class Progress:
-    """Live progress of one job, written by the worker and read by pages.
-
-    Fields are free-form: phase, epoch, epochs, batch, batches,
-    images_per_second, eta_seconds, message, metrics (a dict)...
-    """
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._fields: dict = {}
-        self._stop = threading.Event()
-        self._started: float | None = None
-
-    @property
-    def stop_requested(self) -> bool:
-        return self._stop.is_set()
-
-    def request_stop(self) -> None:
-        """Ask the job to stop at its next check (e.g. the end of a batch)."""
-        self._stop.set()
-
-    def start(self) -> None:
-        """Start the elapsed-time clock (the manager calls this when the job starts)."""
-        with self._lock:
-            self._started = time.monotonic()
-
-    def update(self, **fields) -> None:
-        """Merge `fields` into the progress."""
-        fields = copy.deepcopy(fields)
-        with self._lock:
-            self._fields.update(fields)
-
-    def snapshot(self) -> dict:
-        """A copy of all fields plus `elapsed_seconds` and `stop_requested`."""
-        with self._lock:
-            snapshot = copy.deepcopy(self._fields)
-            started = self._started
-        snapshot["elapsed_seconds"] = 0.0 if started is None else time.monotonic() - started
-        snapshot["stop_requested"] = self.stop_requested
-        return snapshot
-
-
-JobFn = Callable[[Run, Progress], None]
+JobFn = Callable  # fn(run, progress): a module-level function or a functools.partial of one
 
 
 class Job:
-    """One unit of work on a run: `fn(run, progress)`.
+    """One unit of work on a run: `fn(run, progress)`, run in a worker process.
 
-    state: "queued", "running" or "done"; error: readable text when it failed.
-    The outcome (finished / stopped / failed) is the run's status.
+    state: "queued", "running" or "done"; error: readable text when it failed; progress:
+    what the worker last wrote to the run folder. The outcome is the run's status.
     """
 
-    def __init__(self, run: Run, fn: JobFn):
+    def __init__(self, run: Run, payload: bytes):
         self.run = run
-        self.fn: JobFn | None = fn
-        self.progress = Progress()
+        self.payload: bytes | None = payload
+        self.progress = RunProgress(run)
         self.state = JOB_QUEUED
         self.error: str | None = None
+        self.worker: Worker | None = None
+        self.killed = False
 
     @property
     def run_id(self) -> str:
@@ -93,50 +62,59 @@ class Job:
         return f"Job({self.run_id!r}, state={self.state!r})"
 
 
-def _describe(error: BaseException) -> dict:
-    """Status fields for a failure: a UserError's message and hint, else "Type: message"."""
-    if isinstance(error, UserError):
-        return {"error": error.message, "hint": error.hint}
-    return {"error": f"{type(error).__name__}: {error}", "hint": ""}
-
-
-def release_memory() -> None:
-    """Drop the graph and tensors of finished work so a long-lived server stays flat."""
-    keras = sys.modules.get("keras")
-    if keras is not None:
-        keras.backend.clear_session()
-    gc.collect()
-
-
 class JobManager:
-    """Runs submitted jobs one at a time, first in first out, on a daemon thread."""
+    """Runs submitted jobs, first in first out, `workers` at a time, each in a fresh
+    worker process that imported `preload` before it was needed."""
 
-    def __init__(self):
+    def __init__(self, workers: int | None = None, preload: tuple[str, ...] = PRELOAD):
+        self.workers = workers or settings.workers()
+        self._preload = tuple(preload)
         self._cond = threading.Condition()
         self._queue: deque[Job] = deque()
         self._jobs: dict[str, Job] = {}
-        self._current: Job | None = None
-        self._worker = threading.Thread(target=self._work, name="job-worker", daemon=True)
-        self._worker.start()
+        self._running: dict[str, Job] = {}
+        self._warm: Worker | None = None
+        self._closed = False
+        with self._cond:
+            self._keep_warm()
+        self._dispatcher = threading.Thread(target=self._dispatch, name="job-dispatcher", daemon=True)
+        self._dispatcher.start()
 
     def submit(self, run: Run, fn: JobFn) -> Job:
-        """Queue `fn(run, progress)`; the run is marked queued until the worker takes it."""
+        """Queue `fn(run, progress)`; the run is marked queued until a worker takes it.
+
+        Raises UserError when the run is already queued or running here, and
+        TypeError when `fn` cannot be pickled (a lambda, a model...).
+        """
+        try:
+            payload = pickle.dumps(fn)
+        except (pickle.PicklingError, TypeError, AttributeError) as error:
+            raise TypeError(f"A job must be a module-level function or a functools.partial of one "
+                            f"with plain arguments; {fn!r} cannot be sent to a worker ({error}).") from error
         with self._cond:
+            if self._closed:
+                raise RuntimeError("This JobManager is closed.")
             known = self._jobs.get(run.id)
             if known is not None and known.state != JOB_DONE:
                 raise UserError(f"Run {run.id} is already {known.state}.",
                                 "Wait for it to end or stop it first.")
+            run.clear_stop()
             run.set_status(QUEUED, queued=time.time())
-            job = Job(run, fn)
+            job = Job(run, payload)
             self._jobs[run.id] = job
             self._queue.append(job)
             self._cond.notify_all()
             return job
 
     def current(self) -> Job | None:
-        """The running job, if any."""
+        """The running job that started first, if any."""
         with self._cond:
-            return self._current
+            return next(iter(self._running.values()), None)
+
+    def running(self) -> list[Job]:
+        """The running jobs, first started first."""
+        with self._cond:
+            return list(self._running.values())
 
     def queued(self) -> list[Job]:
         """Jobs waiting to run, next first."""
@@ -149,7 +127,8 @@ class JobManager:
             return self._jobs.get(run_id)
 
     def stop(self, run_id: str) -> bool:
-        """Stop a job: a queued one leaves the queue, a running one is asked to stop.
+        """Stop a job: a queued one leaves the queue, a running one is asked to stop
+        after its current batch (keeping the best weights so far).
 
         Returns False when this manager has no queued or running job for `run_id`.
         """
@@ -157,59 +136,108 @@ class JobManager:
             job = self._jobs.get(run_id)
             if job is None or job.state == JOB_DONE:
                 return False
-            job.progress.request_stop()
+            job.run.request_stop()
             if job.state == JOB_QUEUED:
                 self._queue.remove(job)
-                job.state = JOB_DONE
-                job.fn = None
+                job.state, job.payload = JOB_DONE, None
                 job.run.set_status(STOPPED, finished=time.time())
                 self._cond.notify_all()
             return True
 
+    def kill(self, run_id: str) -> bool:
+        """"Stop now": end the running job's process at once (SIGKILL). The run is left
+        stopped, with its history and the models saved so far. A queued job just leaves
+        the queue. Returns False when there is no queued or running job for `run_id`."""
+        with self._cond:
+            job = self._jobs.get(run_id)
+            if job is None or job.state != JOB_RUNNING:
+                return self.stop(run_id) if job is not None and job.state == JOB_QUEUED else False
+            job.killed = True
+            job.run.request_stop()
+            worker = job.worker
+        if worker is not None:
+            worker.process.kill()
+        return True
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until nothing is queued or running; False if `timeout` ran out first."""
         with self._cond:
-            return self._cond.wait_for(
-                lambda: not self._queue and self._current is None, timeout)
+            return self._cond.wait_for(lambda: not self._queue and not self._running, timeout)
 
-    def _work(self) -> None:
+    def warm_worker(self) -> Worker | None:
+        """The worker waiting for the next job (for benchmarks: its start-up time)."""
+        with self._cond:
+            return self._warm
+
+    def close(self) -> None:
+        """Take no more jobs, end the warm worker, and stop the dispatcher (queued jobs
+        are left queued; running ones run on until they end)."""
+        with self._cond:
+            self._closed = True
+            warm, self._warm = self._warm, None
+            self._cond.notify_all()
+        if warm is not None:
+            warm.retire()
+
+    # inside
+
+    def _keep_warm(self) -> None:
+        """Have a live worker waiting (caller holds the lock)."""
+        if not self._closed and (self._warm is None or not self._warm.is_alive()):
+            self._warm = Worker(self._preload)
+
+    def _dispatch(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._queue)
-                job = self._current = self._queue.popleft()
-                job.state = JOB_RUNNING
-            self._run(job)
-            try:
-                release_memory()
-            except Exception:  # a failing cleanup must not stop the queue
-                traceback.print_exc()
-            with self._cond:
-                job.state = JOB_DONE
-                self._current = None
-                self._cond.notify_all()
+                self._cond.wait_for(lambda: self._closed or (self._queue and len(self._running) < self.workers))
+                if self._closed:
+                    return
+                self._keep_warm()
+                job, worker = self._queue.popleft(), self._warm
+                self._warm = None
+                job.state, job.worker = JOB_RUNNING, worker
+                self._running[job.run_id] = job
+                self._keep_warm()  # the next job's worker warms up while this one runs
+            self._start(job)
 
-    def _run(self, job: Job) -> None:
-        """Run one job and record its outcome; never raises, so the worker survives."""
-        run, progress, fn = job.run, job.progress, job.fn
-        job.fn = None  # the job list must not keep models or datasets alive
+    def _start(self, job: Job) -> None:
+        payload, job.payload = job.payload, None
         try:
-            run.set_status(RUNNING, started=time.time(), error=None, hint=None)
-            progress.start()
-            run.log("Job started.")
-            fn(run, progress)
-        except BaseException as error:  # even sys.exit() in a job ends that job only
-            fields = _describe(error)
-            job.error = str(error) if isinstance(error, UserError) else fields["error"]
-            log = f"Failed: {error}" if isinstance(error, UserError) else traceback.format_exc()
-            self._record(run, FAILED, fields, log=log)
-        else:
-            outcome = STOPPED if progress.stop_requested else FINISHED
-            self._record(run, outcome, {}, log=f"Job {outcome}.")
+            job.run.set_status(RUNNING, started=time.time(), error=None, hint=None, worker_pid=job.worker.pid)
+            job.worker.send(job.run, payload)
+        except (OSError, UserError, ValueError) as error:  # a failing disk, a worker gone before its job
+            job.worker.process.kill()
+            job.error = str(error)
+            traceback.print_exc()
+        threading.Thread(target=self._watch, args=(job,), name=f"watch-{job.run_id}", daemon=True).start()
+
+    def _watch(self, job: Job) -> None:
+        """Wait for the job's process to end; record an outcome the worker could not."""
+        process = job.worker.process
+        process.join()
+        try:
+            status = job.run.status()
+            if status["status"] in ACTIVE_STATUSES:
+                self._record_death(job, exit_reason(process.exitcode))
+            elif status["status"] == FAILED:
+                job.error = status.get("error")
+        except (OSError, UserError):
+            traceback.print_exc()  # the disk is failing: the queue goes on regardless
+        with self._cond:
+            job.state, job.worker = JOB_DONE, None
+            self._running.pop(job.run_id, None)
+            self._cond.notify_all()
 
     @staticmethod
-    def _record(run: Run, status: str, fields: dict, log: str) -> None:
-        try:
-            run.set_status(status, finished=time.time(), **fields)
-            run.log(log)
-        except (OSError, UserError):
-            traceback.print_exc()  # the disk is failing: the worker goes on regardless
+    def _record_death(job: Job, reason: str) -> None:
+        run, epochs = job.run, len(job.run.history())
+        if job.killed:
+            run.set_status(STOPPED, finished=time.time(), stopped_now=True,
+                           error=None, hint=None)
+            run.log(f"Stopped now: the worker process was ended ({reason}); {epochs} epoch(s) of history kept.")
+            return
+        job.error = f"The worker process died ({reason}) before the job ended."
+        run.set_status(FAILED, finished=time.time(), error=job.error,
+                       hint="Out of memory is the usual cause: try a smaller image size, batch size or backbone. "
+                            f"The history so far and the last saved model are kept; see {run.path / 'log.txt'}.")
+        run.log(job.error)

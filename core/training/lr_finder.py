@@ -69,7 +69,7 @@ def find_learning_rate(trainable: keras.Model, views: list[list[np.ndarray]], la
         views: per stored view, the list of cached input arrays (N, ...) float16.
         labels: (N,) int32 class indices.
         optimizer: "adam", "rmsprop" or "sgd" (the optimizer the run will use).
-        progress: a `core.training.jobs.Progress`; the sweep stops when asked.
+        progress: a `core.training.progress.Progress`; the sweep stops when asked.
     Returns:
         A `FinderResult` (rates in 1/step units of the optimizer, losses as the compiled loss).
     """

@@ -7,6 +7,8 @@ A run is one folder under the runs directory::
         status.json     queued | running | finished | stopped | failed | interrupted
         history.jsonl   one JSON record per epoch ({"phase": ..., "epoch": ..., ...})
         log.txt         timestamped messages and tracebacks
+        progress.json   the live progress of the job working on the run (stage, batch, ETA...)
+        stop-requested  present while a stop has been asked for (any process may ask)
         metrics.json    written by evaluation (any name via `write_json`)
         best.keras, head.keras, final.keras
 
@@ -51,11 +53,11 @@ CONFIG_FILE = "config.json"
 STATUS_FILE = "status.json"
 HISTORY_FILE = "history.jsonl"
 LOG_FILE = "log.txt"
+PROGRESS_FILE = "progress.json"
+STOP_FILE = "stop-requested"
 
 _WHERE_TO_WRITE = "Set TL_RUNS_DIR to a writable folder with free space, then try again."
 _STATUS_LOCK = threading.RLock()
-
-
 
 
 # --- which process owns a run --------------------------------------------------
@@ -271,9 +273,51 @@ class Run:
             self.write_json(STATUS_FILE, merged)
             return merged
 
+    def update_status(self, **fields) -> dict:
+        """Merge `fields` into status.json, keeping the status and its owner as they are."""
+        with _STATUS_LOCK:
+            merged = _read_json_file(self.path / STATUS_FILE, default={})
+            merged.update(fields)
+            self.write_json(STATUS_FILE, merged)
+            return merged
+
     def is_active(self) -> bool:
         """Queued or running in a process that is still alive."""
         return self.status()["status"] in ACTIVE_STATUSES
+
+    # progress and stop requests, shared by every process through the run folder
+
+    def write_progress(self, fields: dict) -> None:
+        """Replace progress.json with `fields` (atomically; a reader sees old or new)."""
+        with _writing(self.path):
+            _atomic_write_text(self.path / PROGRESS_FILE, json.dumps(fields, sort_keys=True))
+
+    def progress(self) -> dict:
+        """The last progress the run's job wrote ({} before its first write).
+
+        A file torn by a crash, or replaced while read, reads as {}: progress is advisory.
+        """
+        try:
+            return self.read_json(PROGRESS_FILE, default={})
+        except UserError:
+            return {}
+
+    def request_stop(self) -> None:
+        """Ask the job working on this run, in whatever process, to stop after its batch."""
+        with _writing(self.path):
+            (self.path / STOP_FILE).write_text(f"{time.time()}\n", encoding="utf-8")
+
+    def stop_requested_at(self) -> float | None:
+        """When a stop was asked for (seconds since the epoch), or None."""
+        try:
+            return (self.path / STOP_FILE).stat().st_mtime
+        except OSError:
+            return None
+
+    def clear_stop(self) -> None:
+        """Forget an earlier stop request (a new job on the run starts afresh)."""
+        with suppress(FileNotFoundError):
+            (self.path / STOP_FILE).unlink()
 
     # history and log
 

@@ -1,0 +1,198 @@
+"""Worker processes: every job runs in a process of its own, never in the server.
+
+Design, all from the standard library's `multiprocessing` with the "spawn" context
+(a fresh interpreter: no copy of the server's threads, locks or TensorFlow state):
+
+- A `Worker` is started *before* it is needed. It imports TensorFlow/Keras and the
+  workflow (`preload`, several seconds), says "ready" on its `Pipe`, then waits for
+  one job, so a warm worker is always ready when a job is queued.
+- It runs that one job and exits. Whatever TensorFlow's runtime keeps (it never gives
+  back some of the memory of a finished job) goes with the process, so the server's
+  memory stays flat by construction, and a crash inside TensorFlow, an out-of-memory
+  kill or `os._exit` ends that job only. Reusing a worker for several jobs would save
+  the start-up (measured by benchmarks/benchmark_watched.py) but keep the growth.
+- Everything a page needs crosses the boundary through the run folder: the job's
+  history, models and status, `progress.json` (`FileProgress`) and the stop file that
+  `progress.stop_requested` reads, so the server, a second server, the CLI and a
+  restarted server read the same truth. The pipe carries only the job itself.
+- The worker dies with its parent (a thread waits on the parent's sentinel), so a
+  server killed mid-run leaves its runs interrupted, not trained on by an orphan; and
+  it ignores SIGINT, so Ctrl-C in the CLI stops the job after its batch instead.
+
+A job is `fn(run, progress)`, pickled: a module-level function (or a functools.partial
+of one) and plain data, never a lambda, a model or an array.
+"""
+from __future__ import annotations
+
+import importlib
+import multiprocessing
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+import traceback
+import types
+from contextlib import contextmanager
+from pathlib import Path
+
+from core.errors import UserError
+from core.training.progress import FileProgress
+from core.training.runs import FAILED, FINISHED, STOPPED, Run
+
+CONTEXT = multiprocessing.get_context("spawn")
+PRELOAD = ("core.workflow",)  # imports TensorFlow and Keras
+_MAIN_LOCK = threading.Lock()
+
+
+@contextmanager
+def _without_main_script():
+    """Start a spawned process without it re-running this process's `__main__`.
+
+    `spawn` re-imports the parent's main module in the child (the documented reason for
+    the `if __name__ == "__main__"` idiom). Under Streamlit, `sys.modules["__main__"]` is
+    the page script being run, which would run the whole page (and start workers) in
+    the child; the worker needs nothing from it, so the child is shown a bare module.
+    """
+    with _MAIN_LOCK:
+        main = sys.modules.get("__main__")
+        bare = types.ModuleType("__main__")
+        sys.modules["__main__"] = bare
+        try:
+            yield
+        finally:
+            if sys.modules.get("__main__") is bare:
+                sys.modules["__main__"] = main
+
+
+def describe(error: BaseException) -> dict:
+    """Status fields for a failure: a UserError's message and hint, else "Type: message"."""
+    if isinstance(error, UserError):
+        return {"error": error.message, "hint": error.hint}
+    return {"error": f"{type(error).__name__}: {error}", "hint": ""}
+
+
+def exit_reason(exitcode: int | None) -> str:
+    """How a process ended, in words: "killed by signal SIGKILL", "exit code 3"."""
+    if exitcode is None:
+        return "still running"
+    if exitcode < 0:
+        try:
+            return f"killed by signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+class Worker:
+    """One spawned worker process, warming up (importing `preload`) until it is sent a job.
+
+    `send(run, payload)` hands it the job (`payload`: a pickled `fn(run, progress)`);
+    `retire()` ends a worker that was never used.
+    """
+
+    def __init__(self, preload: tuple[str, ...] = PRELOAD):
+        self.created = time.monotonic()
+        self._connection, child = CONTEXT.Pipe()
+        self.process = CONTEXT.Process(target=serve, args=(child, tuple(preload)), name="tl-worker", daemon=True)
+        with _without_main_script():
+            self.process.start()
+        child.close()
+        self.ready_after: float | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def is_alive(self) -> bool:
+        return self.process.is_alive()
+
+    def wait_ready(self, timeout: float | None = None) -> float | None:
+        """Seconds the worker took from its start to ready (imports done), once it is;
+        None if it did not get there within `timeout` seconds."""
+        if self.ready_after is None and self._connection.poll(timeout):
+            try:
+                message, seconds = self._connection.recv()
+            except (EOFError, OSError):
+                return None
+            if message == "ready":
+                self.ready_after = seconds
+        return self.ready_after
+
+    def send(self, run: Run, payload: bytes) -> None:
+        """Give the worker its one job; it starts as soon as its imports are done."""
+        self._connection.send((str(run.path), payload))
+
+    def retire(self, timeout: float = 5.0) -> None:
+        """End an unused worker: closing its pipe tells it there is no job; killed if it lingers."""
+        self._connection.close()
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+
+def serve(connection, preload: tuple[str, ...]) -> None:
+    """The worker's main: import `preload`, say ready, run the one job sent, exit."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent()
+    started = time.monotonic()
+    import_failure = None
+    try:
+        for name in preload:
+            importlib.import_module(name)
+    except BaseException:  # reported on the job it would have run
+        import_failure = traceback.format_exc()
+    try:
+        connection.send(("ready", time.monotonic() - started))
+        run_path, payload = connection.recv()
+    except (EOFError, OSError):  # retired, or the server went away
+        return
+    run_job(Run(Path(run_path)), payload, import_failure)
+
+
+def run_job(run: Run, payload: bytes, import_failure: str | None = None) -> None:
+    """Run one pickled job on `run` and record its outcome in the run folder: finished,
+    stopped (a stop was requested) or failed (with the error and hint). Never raises."""
+    progress = FileProgress(run)
+    try:
+        progress.start()
+        run.log(f"Job started in worker process {os.getpid()}.")
+        if import_failure is not None:
+            raise RuntimeError(f"The worker could not import what jobs need:\n{import_failure}")
+        fn = pickle.loads(payload)
+        fn(run, progress)
+    except BaseException as error:  # even sys.exit() in a job ends that job only
+        # A UserError (a refused dataset, say) is the user's to fix: its message, no traceback.
+        log = f"Failed: {error}" if isinstance(error, UserError) else traceback.format_exc()
+        _record(run, FAILED, describe(error), log)
+    else:
+        outcome = STOPPED if progress.stop_requested else FINISHED
+        _record(run, outcome, {}, f"Job {outcome}.")
+    finally:
+        try:
+            progress.update(stage="ended")
+        except (OSError, UserError):
+            pass
+
+
+def _record(run: Run, status: str, fields: dict, log: str) -> None:
+    try:
+        run.set_status(status, finished=time.time(), **fields)
+        run.log(log)
+    except (OSError, UserError):
+        traceback.print_exc()  # the disk is failing: the server marks the run failed instead
+
+
+def _exit_with_parent() -> None:
+    """End this process as soon as the process that started it is gone."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()
+        os._exit(70)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
