@@ -285,9 +285,10 @@ def scale(count: int) -> dict:
     return {"images": count, "head_seconds": seconds, "seconds_per_image": seconds / train}
 
 
-def measure(name: str, quick: bool) -> dict:
+def measure(name: str, quick: bool, scale_images: int = SCALE_IMAGES) -> dict:
     """Run one part in a fresh process and return its figures."""
-    command = [sys.executable, __file__, "--only", name, "--json"] + (["--quick"] if quick else [])
+    command = [sys.executable, __file__, "--only", name, "--json", "--scale-images", str(scale_images)]
+    command += ["--quick"] if quick else []
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
     if done.returncode != 0:
         sys.exit(f"{name} failed:\n{done.stderr[-4000:]}")
@@ -345,6 +346,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["recipe", "ours", "scale"])
     parser.add_argument("--json", action="store_true", help="print one JSON line (used between processes)")
+    parser.add_argument("--scale-images", type=int, default=SCALE_IMAGES,
+                        help=f"generated JPEGs in the scale run (target set at {SCALE_IMAGES:,})")
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_PER_CLASS} images per class, 1+1 recipe epochs, 3 trials, "
                              f"{QUICK_SCALE_IMAGES:,} scale images: checks the script, measures nothing")
@@ -354,14 +357,14 @@ def main() -> None:
         sys.path.insert(0, str(ROOT))
         data = quick_subset() if args.quick else DATA
         if args.only == "scale":
-            result = scale(QUICK_SCALE_IMAGES if args.quick else SCALE_IMAGES)
+            result = scale(QUICK_SCALE_IMAGES if args.quick else args.scale_images)
         else:
             result = recipe(data, 1 if args.quick else 10) if args.only == "recipe" else ours(data, args.quick)
             result["total_seconds"] = result["head_seconds"] + result["fine_tune_seconds"]
         result["peak_memory_mb"] = peak_memory_mb()
         print(json.dumps(result) if args.json else json.dumps(result, indent=2))
         return
-    reference, our, scaled = (measure(name, args.quick) for name in ("recipe", "ours", "scale"))
+    reference, our, scaled = (measure(name, args.quick, args.scale_images) for name in ("recipe", "ours", "scale"))
     print(table(reference, our))
     print(f"\nHead stage: {reference['head_seconds'] / our['head_seconds']:.1f}x faster; whole pipeline: "
           f"{reference['total_seconds'] / our['total_seconds']:.1f}x faster; "
