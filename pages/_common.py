@@ -171,3 +171,17 @@ def sync_url() -> None:
             load_into_session(run)
     elif not url_run_id and st.session_state.get("run_id") and followed_run() is not None:
         st.query_params[RUN_PARAM] = st.session_state["run_id"]
+
+
+#: session_state key: the (backbone, image size) whose ImageNet weights the Model page found unavailable.
+WEIGHTS_UNAVAILABLE = "weights_unavailable"
+
+
+def known_missing_weights() -> UserError | None:
+    """The Model page's error when it found the ImageNet weights of the current backbone and
+    image size unavailable (not cached, no download), so a run would fail at once; else None."""
+    known = st.session_state.get(WEIGHTS_UNAVAILABLE)
+    model, size = state("model_config"), state("data_config").image_size
+    if known is None or model.weights != "imagenet" or known[0] != (model.backbone, size):
+        return None
+    return known[1]

@@ -19,7 +19,14 @@ from core import workflow
 from core.config import RunConfig, TrainConfig
 from core.data import image_cache
 from core.training import feature_cache, runs
-from pages._common import current_data, job_manager, open_run, runs_dir, state, user_errors
+from pages._common import (
+    current_data,
+    job_manager,
+    open_run,
+    runs_dir,
+    state,
+    user_errors,
+)
 from pages._training import _progress
 
 POLL_SECONDS = 1.0

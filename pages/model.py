@@ -22,7 +22,7 @@ from core.model.build import (
     summary_text,
 )
 from core.model.trainable_api import trainable_api_demo
-from pages._common import current_data, show_error, state
+from pages._common import WEIGHTS_UNAVAILABLE, current_data, show_error, state
 
 PREPROCESSING = {
     "tf": "scales pixels to [-1, 1]",
@@ -244,7 +244,9 @@ if data is None:
     st.stop()
 try:
     model, lock = built_model(config, image_size, data.num_classes, state("augment_config"))
+    st.session_state.pop(WEIGHTS_UNAVAILABLE, None)
 except WeightsUnavailableError as error:
+    st.session_state[WEIGHTS_UNAVAILABLE] = ((config.backbone, image_size), error)
     show_error(error)
     st.button("Continue from random weights (weights: none)", key="model_use_random_weights",
               on_click=use_random_weights, icon=":material/casino:", type="primary")

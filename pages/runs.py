@@ -13,7 +13,15 @@ from core.errors import UserError
 from core.results import compare, export, packaging, parity
 from core.training import runs
 from pages import _quick_tries as quick_tries
-from pages._common import RUN_PARAM, job_manager, load_into_session, runs_dir, show_error, state, user_errors
+from pages._common import (
+    RUN_PARAM,
+    job_manager,
+    load_into_session,
+    runs_dir,
+    show_error,
+    state,
+    user_errors,
+)
 
 MODEL_KINDS = {"final": "Final (after the last phase)", "best": "Best epoch", "head": "Head only"}
 POLL_SECONDS = 2

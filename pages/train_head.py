@@ -10,7 +10,17 @@ from core.model.build import OPTIMIZERS
 from core.results.chance import chance_level_warning
 from core.training import runs
 from pages import _quick_tries as quick_tries
-from pages._common import current_data, follow, followed_run, job_manager, runs_dir, state, user_errors
+from pages._common import (
+    current_data,
+    follow,
+    followed_run,
+    job_manager,
+    known_missing_weights,
+    runs_dir,
+    show_error,
+    state,
+    user_errors,
+)
 from pages._training import job_panel, name_differences, preset_of, within
 
 LEARNING_RATES = {"Adam 1e-3 (Keras guide)": ("adam", 1e-3), "Adam 1e-4 (TF tutorial)": ("adam", 1e-4)}
@@ -65,7 +75,12 @@ with st.form("head_form"):
                                  help="Run the frozen backbone once over several augmented views of each image "
                                       "instead of every epoch. Same model, much faster.")
     views = st.slider("Augmented views stored per image (fast path)", 1, 8, within(config.views, 1, 8))
-    start = st.form_submit_button("Start head training", type="primary", icon=":material/play_arrow:")
+    missing_weights = known_missing_weights()
+    start = st.form_submit_button("Start head training", type="primary", icon=":material/play_arrow:",
+                                  disabled=missing_weights is not None)
+if missing_weights is not None:  # the run would fail at once: say so now, with the way out
+    show_error(missing_weights)
+    st.page_link("pages/model.py", label="Model page: continue from random weights", icon=":material/casino:")
 
 if preset != "Custom":
     optimizer, learning_rate = LEARNING_RATES[preset]

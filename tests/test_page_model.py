@@ -129,3 +129,20 @@ def test_trainable_api_panel_runs_the_guides_experiments_when_opened(page):
     assert measured[:3] == [experiment["measured"] for experiment in experiments[:3]]
     assert measured[3]["layer1_max_change"] == 0.0 < measured[3]["layer2_max_change"]
     assert measured[4] == experiments[4]["measured"]
+
+
+def test_train_head_refuses_to_start_when_the_model_page_found_the_weights_missing(page):
+    """A run would fail at once: Start is disabled with the Model page's message and its way out."""
+    page.selectbox(key="model_backbone").set_value("ResNet50").run(timeout=30)  # no network: fails fast
+    missing = page.error[0].value
+    page.switch_page("pages/train_head.py").run()
+    assert not page.exception
+    start = next(button for button in page.button if button.label == "Start head training")
+    assert start.disabled
+    assert missing in [error.value for error in page.error]
+
+    page.switch_page("pages/model.py").run()
+    page.button(key="model_use_random_weights").click().run()
+    page.switch_page("pages/train_head.py").run()
+    start = next(button for button in page.button if button.label == "Start head training")
+    assert not start.disabled and missing not in [error.value for error in page.error]
