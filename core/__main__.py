@@ -57,8 +57,10 @@ def train(args: argparse.Namespace) -> dict:
     """Train headless, exactly as the dashboard does, with a progress bar on stderr."""
     from core.data.report import REPORT_FILE
     from core.results.chance import chance_level_warning
+    from core.training.phases import refuse_multi_worker
     from core.workflow import full_job
 
+    refuse_multi_worker()  # before a run folder is made
     run, root = _new_run(args)
     status = _run_job(run, functools.partial(full_job, data_root=root))
     report = run.read_json(REPORT_FILE, default=None)
