@@ -4,7 +4,7 @@ Real MobileNetV2 ImageNet weights (../shared), ../shared/datasets/flowers (3,453
 training and 430 validation images, 5 classes). The frozen backbone's pooled
 features are computed once (the "cached features"; timed separately); then, with 5 %
 of the training labels flipped to another class (seeded), it times the label-issue
-ranking of train + validation (5-fold logistic-regression heads, cleanlab) plus the
+ranking of train + validation (5-fold cross-validated heads, cleanlab) plus the
 PCA embedding map of validation + test, and measures the share of flipped images in
 the top 5 % of the ranking.
 
@@ -33,7 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="400 training images at 96 px")
     parser.add_argument("--size", type=int, default=128, help="image size (the flowers images are 128 px)")
-    parser.add_argument("--head", default="knn", choices=["knn", "logistic"], help="the cross-validated head")
+    parser.add_argument("--head", default="ensemble", choices=("ensemble", "knn", "logistic"), help="the cross-validated head")
     args = parser.parse_args()
     use_shared_weights()
     os.environ["TL_CACHE_DIR"] = os.environ.get("TL_CACHE_DIR") or str(Path("/tmp") / "tl-bench-cache")

@@ -48,8 +48,12 @@ def job_status() -> str:
     """One line on the run this session follows, read from its folder, and the server's queue."""
     run = followed_run()
     status = run.status()["status"] if run is not None else None
-    waiting = len(job_manager().queued())
+    manager = job_manager()
+    waiting = len(manager.queued())
     queue = f" {waiting} queued on this server." if waiting else ""
-    if status not in runs.ACTIVE_STATUSES:
-        return "No training job running." + queue
-    return f"Run `{run.id}` is {status}." + queue
+    if status in runs.ACTIVE_STATUSES:
+        return f"Run `{run.id}` is {status}." + queue
+    training = len(manager.running())
+    if training:
+        return f"None of your runs is training; this server is training {training} other run(s)." + queue
+    return "Nothing is training on this server." + queue

@@ -147,13 +147,15 @@ def _panel(run: runs.Run, status: dict, smoothing: float) -> None:
     st.markdown(f"**Run** `{run.id}` — **{status['status']}**")
     if status["status"] == runs.QUEUED:
         waiting = [j.run_id for j in manager.queued()]
-        position = waiting.index(run.id) + 1 if run.id in waiting else "?"
-        running = [j.run_id for j in manager.running()]
-        at_once = "one job runs" if manager.workers == 1 else f"{manager.workers} jobs run"
-        st.info(f"Queued: number {position} in line; {at_once} at a time per server"
-                + (f" (now running: {', '.join(running)})." if running else "."), icon=":material/schedule:")
-        if st.button("Remove from queue", key=f"unqueue-{run.id}"):
-            manager.stop(run.id)
+        if run.id not in waiting:  # handed to a worker process that has not reported yet
+            st.info("Starting: a worker process is taking the job.", icon=":material/hourglass_top:")
+        else:
+            running = [j.run_id for j in manager.running()]
+            at_once = "one job runs" if manager.workers == 1 else f"{manager.workers} jobs run"
+            st.info(f"Queued: number {waiting.index(run.id) + 1} in line; {at_once} at a time per server"
+                    + (f" (now running: {', '.join(running)})." if running else "."), icon=":material/schedule:")
+            if st.button("Remove from queue", key=f"unqueue-{run.id}"):
+                manager.stop(run.id)
     if status["status"] == runs.RUNNING:
         progress = run.progress()
         _progress(progress)

@@ -155,7 +155,8 @@ def cell_drilldown(images: np.ndarray, labels: np.ndarray, report: dict, classes
     st.dataframe(table, hide_index=True, key="cell_table", row_height=100, column_config={
         "image": st.column_config.ImageColumn("image", width="small"),
         **{name: st.column_config.ProgressColumn(name, format="percent", min_value=0, max_value=1) for name in classes}})
-    st.caption(f"{len(members)} test images, most confident first; the bars are each image's class probabilities.")
+    st.caption(f"{len(members)} test image{'' if len(members) == 1 else 's'}, most confident first; the bars are "
+               "each image's class probabilities.")
 
 
 def caption(classes: list[str], label: int, probs: np.ndarray) -> str:

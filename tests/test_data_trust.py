@@ -281,3 +281,27 @@ def test_chance_level_rule(accuracy, counts, at_chance):
     assert (warning is not None) == at_chance
     if at_chance:
         assert "chance level" in warning and "ImageNet weights" in warning and "unfreezing" in warning
+
+
+def test_dropping_duplicates_that_empty_validation_says_so(tmp_path):
+    """Every validation image copies a training image: dropping them names that cause, not a fraction."""
+    import numpy as np
+    from PIL import Image
+
+    from core.config import DataConfig
+    from core.data import datasets
+    from core.errors import UserError
+
+    rng = np.random.default_rng(1)
+    for name in ("a", "b"):
+        pictures = [rng.integers(0, 255, (24, 24, 3), dtype="uint8") for _ in range(4)]
+        for split, chosen in (("train", pictures), ("validation", pictures[:1])):
+            folder = tmp_path / "data" / split / name
+            folder.mkdir(parents=True)
+            for index, pixels in enumerate(chosen):
+                Image.fromarray(pixels).save(folder / f"{index}.png")
+    config = DataConfig(source="folder", name="data", image_size=24, drop_duplicates=True)
+    with pytest.raises(UserError) as refused:
+        datasets.load(config, root=tmp_path)
+    assert "leaves no validation image" in refused.value.message
+    assert "validation fraction" not in refused.value.hint

@@ -178,7 +178,7 @@ def test_an_unwritable_runs_folder_shows_an_error_box_and_starts_nothing(new_ses
     expect(hint).to_be_visible()
     expect(page.get_by_test_id("stException")).to_have_count(0)
     expect(run_status(page)).to_have_count(0)
-    expect(page.get_by_test_id("stSidebarUserContent")).to_contain_text("No training job running.")
+    expect(page.get_by_test_id("stSidebarUserContent")).to_contain_text("Nothing is training on this server.")
     open_page(page, "Runs")
     expect(page.get_by_text("No runs yet")).to_be_visible()
     open_page(page, "Evaluate")

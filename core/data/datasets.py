@@ -65,7 +65,14 @@ def load(config: DataConfig, root: Path | None = None, progress: Progress | None
     data = corrections.apply(data, config.corrections)
     data.duplicates = leakage.find_duplicates(data)
     if data.duplicates and config.drop_duplicates:
+        dropped = len(data.duplicates)
         leakage.drop_duplicates(data, data.duplicates)
+        if not len(data.splits["validation"][1]):
+            raise UserError(
+                f"Dropping the {dropped} validation/test images that copy training images leaves no validation "
+                "image: every validation image duplicates a training image.",
+                "Keep them (untick the drop option; scores on them are inflated) or add validation images "
+                "that are not in the training split.")
         check_usable(data)
     elif data.duplicates:
         data.notes.append(leakage.summary(data.duplicates))
