@@ -53,3 +53,13 @@ def test_verdicts_mark_predictions_below_the_threshold_unsure():
     assert [v["predicted"] for v in verdicts] == ["cat", "cat", "dog"]
     assert [v["confidence"] for v in verdicts] == pytest.approx([0.9, 0.55, 0.8])
     assert [v["label"] for v in calibration.verdicts(probs, ["cat", "dog"], 0.0)] == ["cat", "cat", "dog"]
+
+
+def test_perfectly_separated_validation_does_not_sharpen():
+    """Every validation image right and far apart: the NLL falls all the way to the search's
+    bound, which is no evidence of under-confidence; the temperature stays 1."""
+    from core.results.calibration import fit_temperature
+
+    logits = np.array([[3.0, -1.0], [-2.0, 2.5], [4.0, 0.0], [0.5, 3.0]])
+    labels = np.array([0, 1, 0, 1])
+    assert fit_temperature(logits, labels) == 1.0

@@ -153,15 +153,28 @@ def test_unsure_threshold_calibrates_and_marks_low_confidence_uploads(page, run)
     and a prediction below the threshold is titled unsure."""
     from core.results import calibration
 
-    muddy = np.full((70, 70, 3), (128, 128, 128), dtype="uint8")  # no class's colour
+    model, classes = workflow.load_run_model(run, "final")
+    temperature = calibration.run_temperature(run, "final", model)["temperature"]  # as the page fits it
+
+    def calibrated(pixels):
+        logits = model.predict(load_image(png(pixels), 96)[None].astype("float32"), verbose=0)
+        return calibration.scaled_probabilities(logits, temperature)[0]
+
+    mixes = [(128, 128, 128), (130, 115, 50), (40, 125, 140), (130, 50, 130)]  # grey and halfway colours
+    candidates = [np.full((70, 70, 3), colour, dtype="uint8") for colour in mixes]
+    candidates.append(np.random.default_rng(0).integers(0, 256, (70, 70, 3), dtype="uint8"))
+    for left, right in ((0, 1), (1, 2), (0, 2)):  # half one class's colour, half another's
+        halves = np.zeros((70, 70, 3), dtype="uint8")
+        halves[:, :35], halves[:, 35:] = list(COLOURS.values())[left], list(COLOURS.values())[right]
+        candidates.append(halves)
+    muddy = min(candidates, key=lambda pixels: calibrated(pixels).max())  # the least sure of them
     page.file_uploader(key="evaluate_uploads").set_value([("grey.png", png(muddy), "image/png")])
     page.slider(key="evaluate_min_confidence").set_value(99).run()
     assert not page.exception
     fit = run.read_json(calibration.CALIBRATION_FILE)["final"]
     assert fit["nll_after"] <= fit["nll_before"] and fit["validation_images"] > 0
-    model, classes = workflow.load_run_model(run, "final")
-    logits = model.predict(load_image(png(muddy), 96)[None].astype("float32"), verbose=0)
-    probs = calibration.scaled_probabilities(logits, fit["temperature"])[0]
+    assert fit["temperature"] == temperature
+    probs = calibrated(muddy)
     bar = [chart for chart in charts(page) if chart["data"][0]["type"] == "bar"][0]
     assert plotted(bar["data"][0]["y"]) == pytest.approx(probs, abs=1e-5)
     assert probs.max() < 0.99

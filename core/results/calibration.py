@@ -37,7 +37,8 @@ def negative_log_likelihood(logits: np.ndarray, labels, temperature: float = 1.0
 
 
 def fit_temperature(logits: np.ndarray, labels) -> float:
-    """The temperature T > 0 minimising the validation NLL of logits (N, units) and integer labels (N,).
+    """The temperature T > 0 minimising the validation NLL of logits (N, units) and integer labels (N,);
+    1 when every validation image is already right (then no temperature is identified).
 
     Raises UserError for an empty validation split.
     """
@@ -45,6 +46,11 @@ def fit_temperature(logits: np.ndarray, labels) -> float:
     if not len(logits):
         raise UserError("The validation split is empty: there is nothing to calibrate the confidence on.",
                         "Give the data a validation fraction above 0, or a validation folder.")
+    if (scaled_probabilities(logits, 1.0).argmax(axis=1) == np.asarray(labels)).all():
+        # Every validation image is right: the NLL falls as T shrinks all the way to 0, so no
+        # temperature is identified, and sharpening would make any new image look certain.
+        # The logits are left as they are.
+        return 1.0
     result = minimize_scalar(lambda log_t: negative_log_likelihood(logits, labels, float(np.exp(log_t))),
                              bounds=(-LOG_T_BOUND, LOG_T_BOUND), method="bounded")
     return float(np.exp(result.x))
