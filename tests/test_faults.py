@@ -65,7 +65,7 @@ def shown_run_id(page: Page, status: str) -> str:
     return line.inner_text().split()[1]
 
 
-def one_running_one_queued(pages: list[Page], timeout_s: float = 60) -> tuple[Page, Page]:
+def one_running_one_queued(pages: list[Page], timeout_s: float = 180) -> tuple[Page, Page]:
     """Wait until one page shows its run running while the other shows its run queued
     (a run just submitted may show "queued" for a moment before the worker takes it)."""
     deadline = time.monotonic() + timeout_s
