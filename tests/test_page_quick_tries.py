@@ -25,11 +25,20 @@ SESSION = {
 }
 
 
+def new_job_manager() -> None:
+    """Close the server's job manager: a worker takes the environment it was spawned with,
+    so the next one (and its warm worker) must start after the environment changed."""
+    job_manager().close()
+    job_manager.clear()
+
+
 @pytest.fixture(scope="module", autouse=True)
 def fresh_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TL_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        new_job_manager()
         yield
+    new_job_manager()
 
 
 def open_page(page: str, **session) -> AppTest:
