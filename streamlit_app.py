@@ -11,7 +11,7 @@ os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
 import streamlit as st  # noqa: E402
 
-from pages import _common, _sidebar  # noqa: E402
+from pages import _common, _server, _sidebar  # noqa: E402
 
 st.set_page_config(page_title="Transfer Learning Studio", page_icon=":material/model_training:", layout="wide")
 
@@ -32,4 +32,5 @@ sidebar = st.sidebar.container()
 try:
     page.run()
 finally:  # after the page, so the sidebar shows the choices this run just made
+    _server.freeze_imported_modules()  # so the collections after each poll skip TensorFlow's modules
     _sidebar.render(sidebar)
