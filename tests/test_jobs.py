@@ -336,3 +336,14 @@ def test_the_worker_count_comes_from_tl_workers(monkeypatch):
     monkeypatch.setenv("TL_WORKERS", "none")
     with pytest.raises(ValueError, match="TL_WORKERS"):
         settings.workers()
+
+
+def test_the_next_worker_warms_up_after_the_job_not_while_it_runs(manager, make_run):
+    run = make_run()
+    job = manager.submit(run, until_stopped)
+    wait_for(lambda: job.progress.snapshot().get("batch", 0) >= 1)
+    assert manager.warm_worker() is None, "a worker starting up would take CPU from the running job"
+    assert manager.stop(run.id) and manager.wait(TIMEOUT)
+    worker = manager.warm_worker()
+    assert worker is not None and worker.is_alive() and worker.wait_ready(TIMEOUT) is not None
+    assert worker.pid != job.run.status()["worker_pid"]

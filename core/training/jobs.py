@@ -182,7 +182,9 @@ class JobManager:
     # inside
 
     def _keep_warm(self) -> None:
-        """Have a live worker waiting (caller holds the lock)."""
+        """Have a live worker waiting (caller holds the lock). Called at start-up, when a job
+        is dispatched and when the last running job ends, never while a job runs: a worker's
+        start-up (importing TensorFlow, several CPU seconds) would take them from the job."""
         if not self._closed and (self._warm is None or not self._warm.is_alive()):
             self._warm = Worker(self._preload)
 
@@ -197,7 +199,6 @@ class JobManager:
                 self._warm = None
                 job.state, job.worker = JOB_RUNNING, worker
                 self._running[job.run_id] = job
-                self._keep_warm()  # the next job's worker warms up while this one runs
             self._start(job)
 
     def _start(self, job: Job) -> None:
@@ -226,6 +227,8 @@ class JobManager:
         with self._cond:
             job.state, job.worker = JOB_DONE, None
             self._running.pop(job.run_id, None)
+            if not self._running:  # warm the next job's worker now, not while a job needs the CPU
+                self._keep_warm()
             self._cond.notify_all()
 
     @staticmethod

@@ -3,9 +3,11 @@
 Design, all from the standard library's `multiprocessing` with the "spawn" context
 (a fresh interpreter: no copy of the server's threads, locks or TensorFlow state):
 
-- A `Worker` is started *before* it is needed. It imports TensorFlow/Keras and the
-  workflow (`preload`, several seconds), says "ready" on its `Pipe`, then waits for
-  one job, so a warm worker is always ready when a job is queued.
+- A `Worker` is started *before* it is needed: when the server starts and whenever
+  the last running job ends, never while a job runs (its start-up would take CPU from
+  that job). It imports TensorFlow/Keras and the workflow (`preload`, several seconds),
+  says "ready" on its `Pipe`, then waits for one job, so a job started on an idle
+  server finds a warm worker.
 - It runs that one job and exits. Whatever TensorFlow's runtime keeps (it never gives
   back some of the memory of a finished job) goes with the process, so the server's
   memory stays flat by construction, and a crash inside TensorFlow, an out-of-memory
