@@ -13,11 +13,11 @@ import numpy as np
 import streamlit as st
 
 from core import settings
-from core.config import AugmentConfig, DataConfig, ModelConfig, TrainConfig
+from core.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
 from core.data import datasets
 from core.errors import UserError
 from core.training import runs
-from core.training.jobs import JobManager
+from core.training.jobs import JOB_DONE, Job, JobManager
 
 
 def _use_the_app_shell() -> None:
@@ -33,6 +33,9 @@ def _use_the_app_shell() -> None:
 
 
 _use_the_app_shell()
+
+#: Seconds between redraws of a panel that follows a queued or running job.
+POLL_SECONDS = 1.0
 
 DEFAULTS = {
     "data_config": DataConfig(),
@@ -51,6 +54,29 @@ def state(key: str):
 
 def update(key: str, **changes) -> None:
     st.session_state[key] = dataclasses.replace(state(key), **changes)
+
+
+def seed_widget(key: str, value) -> None:
+    """Start the widget `key` at `value` unless the user has already set it (Streamlit's
+    documented way to give a keyed widget a default without a second `value=`)."""
+    if key not in st.session_state:
+        st.session_state[key] = value
+
+
+def session_run_config(head: TrainConfig | None = None, fine_tune: TrainConfig | None = None,
+                       name: str = "") -> RunConfig:
+    """The run the session's choices describe: its data, augmentation and model, `head`
+    (default: the session's head settings), `fine_tune` (None: no fine-tuning phase), and
+    the data's seed."""
+    data = state("data_config")
+    return RunConfig(data=data, augment=state("augment_config"), model=state("model_config"),
+                     head=state("head_config") if head is None else head, fine_tune=fine_tune,
+                     seed=data.seed, name=name)
+
+
+def size_text(size: int) -> str:
+    """Bytes as "12.3 MB" below a gigabyte, else "1.23 GB" (decimal units)."""
+    return f"{size / 1e6:.1f} MB" if size < 1e9 else f"{size / 1e9:.2f} GB"
 
 
 def show_error(error: UserError) -> None:
@@ -107,6 +133,13 @@ def job_manager() -> JobManager:
     """The server's job queue: jobs run in worker processes ($TL_WORKERS at once),
     outside any script run, so page switches and reloads do not touch them."""
     return JobManager()
+
+
+def live_job(run_id: str | None) -> Job | None:
+    """This server's job for `run_id` while it is queued or running; None otherwise
+    (no such job, or it has ended: the run folder then says how)."""
+    job = job_manager().get(run_id) if run_id else None
+    return job if job is not None and job.state != JOB_DONE else None
 
 
 def runs_dir():
