@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from core import config as config_io
 from core import settings
 from core.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
 from core.data import datasets
@@ -160,6 +161,13 @@ def open_run(run_id: str | None) -> runs.Run | None:
         return None
     path = runs_dir() / run_id
     return runs.Run(path) if Path(run_id).name == run_id and (path / runs.CONFIG_FILE).is_file() else None
+
+
+def with_fine_tune(run: runs.Run, fine_tune: TrainConfig) -> runs.Run:
+    """Write `fine_tune` as the fine-tuning phase into the run's config.json (before a job
+    continues the run) and return the run read afresh. Raises UserError when it cannot be written."""
+    run.write_json(runs.CONFIG_FILE, config_io.to_dict(dataclasses.replace(run.config, fine_tune=fine_tune)))
+    return runs.Run(run.path)
 
 
 def follow(run: runs.Run) -> None:

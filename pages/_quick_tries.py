@@ -14,7 +14,6 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core import config as config_io
 from core import workflow
 from core.config import TrainConfig
 from core.data import image_cache
@@ -30,6 +29,7 @@ from pages._common import (
     size_text,
     state,
     user_errors,
+    with_fine_tune,
 )
 from pages._training import failure_ui, progress_ui
 
@@ -73,9 +73,7 @@ def lr_finder_ui(phase: str, head: TrainConfig | None = None, run: runs.Run | No
                 if phase == "head":
                     target = runs.Run.create(runs_dir(), session_run_config(head, name="learning-rate finder"))
                 else:
-                    updated = dataclasses.replace(run.config, fine_tune=fine_tune)
-                    run.write_json(runs.CONFIG_FILE, config_io.to_dict(updated))
-                    target = open_run(run.id)
+                    target = with_fine_tune(run, fine_tune)
                 job_manager().submit(target, functools.partial(workflow.lr_find_job, phase=phase))
                 st.session_state[key] = target.id
         run_id = st.session_state.get(key)

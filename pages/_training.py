@@ -1,4 +1,4 @@
-"""What the Train head and Fine-tune pages share: the live job panel and the curves.
+"""What the Train head and Fine-tune pages share: the live job panel (status, progress, Stop, failure, curves).
 
 Everything shown is read from the run folder (status.json, progress.json,
 history.jsonl), which the job's worker process writes: a second browser, the CLI

@@ -3,9 +3,8 @@ import dataclasses
 
 import streamlit as st
 
-from core import config as config_io
 from core import workflow
-from core.config import DEFAULT_FINE_TUNE, RunConfig, TrainConfig
+from core.config import DEFAULT_FINE_TUNE, TrainConfig
 from core.model.build import count_params, get_backbone, set_trainable
 from core.training import runs
 from pages import _quick_tries as quick_tries
@@ -16,6 +15,7 @@ from pages._common import (
     runs_dir,
     session_run_config,
     user_errors,
+    with_fine_tune,
 )
 from pages._cut import cut_ui
 from pages._run_models import cached_model, has_model, model_version
@@ -112,9 +112,7 @@ with user_errors():
     quick_tries.lr_finder_ui("fine_tune", run=run, fine_tune=fine_tune)
 
     if go:
-        updated: RunConfig = dataclasses.replace(run.config, fine_tune=fine_tune)
-        run.write_json("config.json", config_io.to_dict(updated))
-        job_manager().submit(open_run(run.id), workflow.fine_tune_job)
+        job_manager().submit(with_fine_tune(run, fine_tune), workflow.fine_tune_job)
         follow(run)
         st.session_state["fine_tune_run_id"] = run.id
 
