@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.errors import UserError
 from core.training import runs
 from core.workflow import CLASSES_FILE, load_run_model
 
@@ -23,3 +24,12 @@ def cached_model(path: str, kind: str, version: int):
     """The run's `kind` model ("head", "final", "best") and its class names, loaded
     (Keras safe mode) once per model file version; the UserError of `load_run_model`."""
     return load_run_model(runs.Run(path), kind)
+
+
+def check_classes(run: runs.Run, classes: list[str], data_classes: list[str]) -> None:
+    """Raise UserError when the run's dataset, as loaded now (`data_classes`), has other
+    classes than its model was trained on (`classes`)."""
+    if data_classes != classes:
+        raise UserError(f"The dataset of run {run.id} now has the classes {', '.join(data_classes)}, "
+                        f"but its model was trained on {', '.join(classes)}.",
+                        "Restore the data the run was trained on, or train a new run on this data.")

@@ -13,7 +13,7 @@ from core.results import calibration, drilldown, evaluation, gradcam
 from core.training import runs
 from core.workflow import load_data
 from pages._common import image_grid, runs_dir, show_error
-from pages._run_models import cached_model, has_model, model_version
+from pages._run_models import cached_model, check_classes, has_model, model_version
 from pages._run_picker import run_picker_ui
 from pages._thumbnails import thumbnail_uri
 
@@ -34,10 +34,7 @@ def test_report(path: str, kind: str, version: int) -> dict:
     run = runs.Run(path)
     model, classes = cached_model(path, kind, version)
     data = load_data(run.config.data)
-    if data.class_names != classes:
-        raise UserError(f"The dataset of run {run.id} now has the classes {', '.join(data.class_names)}, "
-                        f"but its model was trained on {', '.join(classes)}.",
-                        "Restore the data the run was trained on, or train a new run on this data.")
+    check_classes(run, classes, data.class_names)
     images, labels = data.splits["test"]
     if not len(labels):
         raise UserError(f"The dataset of run {run.id} has no test images.",

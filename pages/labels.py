@@ -18,7 +18,7 @@ from core.results import embedding, evaluation, features, label_issues
 from core.training import runs
 from core.workflow import load_data
 from pages._common import image_grid, runs_dir, show_error, state, update
-from pages._run_models import cached_model, has_model, model_version
+from pages._run_models import cached_model, check_classes, has_model, model_version
 from pages._run_picker import run_picker_ui
 
 ANALYSIS_FILE = "insight.json"
@@ -153,10 +153,7 @@ try:
     config = dataclasses.replace(run.config.data, corrections=())
     data = raw_data(run)
     model, classes = cached_model(str(run.path), "final", model_version(run, "final"))
-    if classes != data.class_names:
-        raise UserError(f"The dataset of run {run.id} now has the classes {', '.join(data.class_names)}, "
-                        f"but its model was trained on {', '.join(classes)}.",
-                        "Restore the data the run was trained on, or train a new run on this data.")
+    check_classes(run, classes, data.class_names)
     result = run.read_json(ANALYSIS_FILE, default=None)
     if result and (result.get("model_version"), result.get("counts")) != (model_version(run, "final"), data.counts()):
         result = None  # a retrained model or changed images: the saved analysis no longer fits
