@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from core import config as config_io
 from core import settings
-from core.config import AugmentConfig, DataConfig, ModelConfig, TrainConfig
+from core.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
 from core.data import datasets
 from core.errors import UserError
 from core.training import runs
-from core.training.jobs import JobManager
+from core.training.jobs import JOB_DONE, Job, JobManager
 
 
 def _use_the_app_shell() -> None:
@@ -33,6 +34,9 @@ def _use_the_app_shell() -> None:
 
 
 _use_the_app_shell()
+
+#: Seconds between redraws of a panel that follows a queued or running job.
+POLL_SECONDS = 1.0
 
 DEFAULTS = {
     "data_config": DataConfig(),
@@ -51,6 +55,29 @@ def state(key: str):
 
 def update(key: str, **changes) -> None:
     st.session_state[key] = dataclasses.replace(state(key), **changes)
+
+
+def seed_widget(key: str, value) -> None:
+    """Start the widget `key` at `value` unless the user has already set it (Streamlit's
+    documented way to give a keyed widget a default without a second `value=`)."""
+    if key not in st.session_state:
+        st.session_state[key] = value
+
+
+def session_run_config(head: TrainConfig | None = None, fine_tune: TrainConfig | None = None,
+                       name: str = "") -> RunConfig:
+    """The run the session's choices describe: its data, augmentation and model, `head`
+    (default: the session's head settings), `fine_tune` (None: no fine-tuning phase), and
+    the data's seed."""
+    data = state("data_config")
+    return RunConfig(data=data, augment=state("augment_config"), model=state("model_config"),
+                     head=state("head_config") if head is None else head, fine_tune=fine_tune,
+                     seed=data.seed, name=name)
+
+
+def size_text(size: int) -> str:
+    """Bytes as "12.3 MB" below a gigabyte, else "1.23 GB" (decimal units)."""
+    return f"{size / 1e6:.1f} MB" if size < 1e9 else f"{size / 1e9:.2f} GB"
 
 
 def show_error(error: UserError) -> None:
@@ -109,6 +136,13 @@ def job_manager() -> JobManager:
     return JobManager()
 
 
+def live_job(run_id: str | None) -> Job | None:
+    """This server's job for `run_id` while it is queued or running; None otherwise
+    (no such job, or it has ended: the run folder then says how)."""
+    job = job_manager().get(run_id) if run_id else None
+    return job if job is not None and job.state != JOB_DONE else None
+
+
 def runs_dir():
     return settings.runs_dir()
 
@@ -127,6 +161,13 @@ def open_run(run_id: str | None) -> runs.Run | None:
         return None
     path = runs_dir() / run_id
     return runs.Run(path) if Path(run_id).name == run_id and (path / runs.CONFIG_FILE).is_file() else None
+
+
+def with_fine_tune(run: runs.Run, fine_tune: TrainConfig) -> runs.Run:
+    """Write `fine_tune` as the fine-tuning phase into the run's config.json (before a job
+    continues the run) and return the run read afresh. Raises UserError when it cannot be written."""
+    run.write_json(runs.CONFIG_FILE, config_io.to_dict(dataclasses.replace(run.config, fine_tune=fine_tune)))
+    return runs.Run(run.path)
 
 
 def follow(run: runs.Run) -> None:

@@ -14,29 +14,26 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core import config as config_io
 from core import workflow
-from core.config import RunConfig, TrainConfig
+from core.config import TrainConfig
 from core.data import image_cache
 from core.training import feature_cache, runs
 from pages._common import (
+    POLL_SECONDS,
     current_data,
     job_manager,
+    live_job,
     open_run,
     runs_dir,
+    session_run_config,
+    size_text,
     state,
     user_errors,
+    with_fine_tune,
 )
-from pages._training import _progress
+from pages._training import failure_ui, progress_ui
 
-POLL_SECONDS = 1.0
 CACHED = "Features cached: the frozen backbone will not run."
-
-
-def head_run_config(head: TrainConfig, name: str = "") -> RunConfig:
-    """The run the Train head page would start with `head` and the session's choices."""
-    return RunConfig(data=state("data_config"), augment=state("augment_config"), model=state("model_config"),
-                     head=head, seed=state("data_config").seed, name=name)
 
 
 def cache_note_ui(head: TrainConfig) -> None:
@@ -44,7 +41,7 @@ def cache_note_ui(head: TrainConfig) -> None:
     data = current_data()
     if data is None or not head.fast_path:
         return
-    if feature_cache.head_features_cached(head_run_config(head), data):
+    if feature_cache.head_features_cached(session_run_config(head), data):
         st.success(CACHED, icon=":material/bolt:")
     else:
         st.caption(f"Features not cached yet: the frozen backbone runs once over {head.views} augmented view(s) "
@@ -57,11 +54,6 @@ def train_head_ui(head: TrainConfig) -> None:
     cache_note_ui(head)
     lr_finder_ui("head", head=head)
     sweep_ui(head)
-
-
-def _active(run_id: str | None) -> bool:
-    job = job_manager().get(run_id) if run_id else None
-    return job is not None and job.state != "done"
 
 
 def lr_finder_ui(phase: str, head: TrainConfig | None = None, run: runs.Run | None = None,
@@ -79,11 +71,9 @@ def lr_finder_ui(phase: str, head: TrainConfig | None = None, run: runs.Run | No
         if st.button("Find the learning rate", key=f"lr_find_{phase}", icon=":material/query_stats:"):
             with user_errors():
                 if phase == "head":
-                    target = runs.Run.create(runs_dir(), head_run_config(head, name="learning-rate finder"))
+                    target = runs.Run.create(runs_dir(), session_run_config(head, name="learning-rate finder"))
                 else:
-                    updated = dataclasses.replace(run.config, fine_tune=fine_tune)
-                    run.write_json(runs.CONFIG_FILE, config_io.to_dict(updated))
-                    target = open_run(run.id)
+                    target = with_fine_tune(run, fine_tune)
                 job_manager().submit(target, functools.partial(workflow.lr_find_job, phase=phase))
                 st.session_state[key] = target.id
         run_id = st.session_state.get(key)
@@ -92,18 +82,18 @@ def lr_finder_ui(phase: str, head: TrainConfig | None = None, run: runs.Run | No
 
 
 def _lr_finder_panel(run_id: str, phase: str) -> None:
-    @st.fragment(run_every=POLL_SECONDS if _active(run_id) else None)
+    @st.fragment(run_every=POLL_SECONDS if live_job(run_id) else None)
     def panel():
         found_run = open_run(run_id)
         if found_run is None:
             return
-        live = job_manager().get(run_id)
-        if live is not None and live.state != "done":
-            _progress(live.progress.snapshot())
+        live = live_job(run_id)
+        if live is not None:
+            progress_ui(live.progress.snapshot())
             return
         status = found_run.status()
         if status["status"] == runs.FAILED:
-            st.error(status.get("error") or "The learning-rate finder failed.", icon=":material/error:")
+            failure_ui(status, "The learning-rate finder")
             return
         found = found_run.read_json(workflow.LR_FIND_FILE, default={}).get(phase)
         if not found:
@@ -135,7 +125,7 @@ def sweep_ui(head: TrainConfig) -> None:
         trials = st.number_input("Trials", 2, 200, 20, key="sweep_trials")
         if st.button("Try several", icon=":material/tune:", key="sweep_start"):
             with user_errors():
-                sweep_run = runs.Run.create(runs_dir(), head_run_config(head, name="sweep"))
+                sweep_run = runs.Run.create(runs_dir(), session_run_config(head, name="sweep"))
                 job_manager().submit(sweep_run, functools.partial(workflow.sweep_job, trials=int(trials)))
                 st.session_state["sweep_run_id"] = sweep_run.id
         run_id = st.session_state.get("sweep_run_id")
@@ -144,21 +134,17 @@ def sweep_ui(head: TrainConfig) -> None:
 
 
 def _sweep_panel(run_id: str) -> None:
-    @st.fragment(run_every=POLL_SECONDS if _active(run_id) else None)
+    @st.fragment(run_every=POLL_SECONDS if live_job(run_id) else None)
     def panel():
         sweep_run = open_run(run_id)
         if sweep_run is None:
             return
-        live = job_manager().get(run_id)
-        if live is not None and live.state != "done":
-            _progress(live.progress.snapshot())
+        live = live_job(run_id)
+        if live is not None:
+            progress_ui(live.progress.snapshot())
             if st.button("Stop the sweep", key=f"sweep-stop-{run_id}", icon=":material/stop_circle:"):
                 job_manager().stop(run_id)
-        status = sweep_run.status()
-        if status["status"] == runs.FAILED:
-            st.error(status.get("error") or "The sweep failed.", icon=":material/error:")
-            if status.get("hint"):
-                st.info(status["hint"], icon=":material/lightbulb:")
+        failure_ui(sweep_run.status(), "The sweep")
         record = sweep_run.read_json(workflow.SWEEP_FILE, default={})
         rows = record.get("trials", [])
         if not rows:
@@ -180,11 +166,6 @@ def _sweep_panel(run_id: str) -> None:
                 st.switch_page("pages/fine_tune.py")
 
     panel()
-
-
-def size_text(size: int) -> str:
-    """Bytes as "12.3 MB" below a gigabyte, else "1.23 GB" (decimal units)."""
-    return f"{size / 1e6:.1f} MB" if size < 1e9 else f"{size / 1e9:.2f} GB"
 
 
 def cache_section_ui() -> None:

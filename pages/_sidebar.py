@@ -6,6 +6,7 @@ import streamlit as st
 from core.model.augmentation import to_spec
 from core.training import runs
 from pages._common import followed_run, job_manager, open_run, state
+from pages._run_picker import run_status
 
 
 def render(container) -> None:
@@ -47,7 +48,7 @@ def workflow_steps() -> list[tuple[str, bool]]:
 def job_status() -> str:
     """One line on the run this session follows, read from its folder, and the server's queue."""
     run = followed_run()
-    status = run.status()["status"] if run is not None else None
+    status = run_status(run) if run is not None else None
     manager = job_manager()
     waiting = len(manager.queued())
     queue = f" {waiting} queued on this server." if waiting else ""

@@ -1,4 +1,4 @@
-"""What the Train head and Fine-tune pages share: the live job panel and the curves.
+"""What the Train head and Fine-tune pages share: the live job panel (status, progress, Stop, failure, curves).
 
 Everything shown is read from the run folder (status.json, progress.json,
 history.jsonl), which the job's worker process writes: a second browser, the CLI
@@ -7,38 +7,19 @@ server's JobManager.
 """
 from __future__ import annotations
 
-import math
 import time
 
-import pandas as pd
-import plotly.express as px
 import streamlit as st
 
 from core.config import RunConfig
 from core.errors import UserError
-from core.results.curves import curve_rows, fine_tune_start
 from core.training import runs
-from pages._common import job_manager, state
+from core.training.jobs import JOB_RUNNING
+from pages._common import POLL_SECONDS, job_manager, state
+from pages._curves import learning_curves
 
-POLL_SECONDS = 1.0
 STOP_NOW_AFTER_S = 5.0  # "Stop now" is offered when a stop has not ended the job by then
 BATCH_STAGES = ("training", "reading images")  # stages whose batch counter means something
-
-
-def preset_of(presets: dict[str, tuple[str, float]], optimizer: str, learning_rate: float) -> str:
-    """The preset giving this optimizer and rate, else "Custom": settings loaded from a
-    run keep their rate instead of being replaced by the first preset."""
-    for name, (preset_optimizer, rate) in presets.items():
-        if preset_optimizer == optimizer and math.isclose(rate, learning_rate):
-            return name
-    return "Custom"
-
-
-def within(value, low, high=None):
-    """`value` moved into [low, high], for a widget's default: settings loaded from a
-    run (one made with the CLI, say) may lie outside the form's range."""
-    value = max(value, low)
-    return value if high is None else min(value, high)
 
 
 def setting_differences(config: RunConfig) -> list[str]:
@@ -97,29 +78,6 @@ def _curves(path: str, mtime_ns: int, size: int, smoothing: float):
     return learning_curves(_history(path, mtime_ns, size), smoothing)
 
 
-def learning_curves(history: list[dict], smoothing: float = 0.0):
-    """Loss and accuracy for train and validation, epochs continuing across phases,
-    with the tutorial's "start fine-tuning" marker."""
-    frame = pd.DataFrame(curve_rows(history, smoothing))
-    figure = px.line(frame, x="epoch", y="value", color="split", facet_col="metric", markers=True,
-                     color_discrete_map={"train": "#1f77b4", "validation": "#e8590c"})
-    figure.update_yaxes(matches=None, showticklabels=True)
-    for column, metric in enumerate(frame["metric"].unique() if len(frame) else [], start=1):
-        if metric == "accuracy":  # a flat curve must not get plotly's -0.5..1 axis
-            values = frame.loc[frame["metric"] == metric, "value"]
-            low, high = max(0.0, float(values.min()) - 0.05), min(1.0, float(values.max())) + 0.02
-            figure.update_yaxes(range=[low, high], row=1, col=column)
-    figure.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1].capitalize()))
-    marker = fine_tune_start(history)
-    if marker is not None:
-        figure.add_vline(x=marker + 0.5, line_dash="dash", line_color="green",
-                         annotation_text="Start fine-tuning", annotation_position="bottom right")
-    figure.update_layout(height=360, margin=dict(t=40, b=10), legend_title_text="")
-    if len({record["epoch"] for record in history}) <= 20:
-        figure.update_xaxes(dtick=1)  # whole epochs
-    return figure
-
-
 def job_panel(run: runs.Run, smoothing: float = 0.0, results=None) -> None:
     """Status, progress, Stop (and Stop now), live curves and then `results(run)` of one run.
 
@@ -157,13 +115,9 @@ def _panel(run: runs.Run, status: dict, smoothing: float) -> None:
             if st.button("Remove from queue", key=f"unqueue-{run.id}"):
                 manager.stop(run.id)
     if status["status"] == runs.RUNNING:
-        progress = run.progress()
-        _progress(progress)
+        progress_ui(run.progress())
         _stop_buttons(run, job)
-    if status["status"] == runs.FAILED:
-        st.error(status.get("error") or "The job failed.", icon=":material/error:")
-        if status.get("hint"):
-            st.info(status["hint"], icon=":material/lightbulb:")
+    failure_ui(status)
     outcome = outcome_text(run, status)
     if outcome:
         st.info(outcome, icon=":material/stop_circle:")
@@ -193,14 +147,24 @@ def _stop_buttons(run: runs.Run, job) -> None:
         return
     waited = time.time() - asked
     st.caption(f"Stopping after the current batch (asked {waited:.0f} s ago)...")
-    can_kill = waited >= STOP_NOW_AFTER_S and job is not None and job.state == "running"
+    can_kill = waited >= STOP_NOW_AFTER_S and job is not None and job.state == JOB_RUNNING
     if can_kill and st.button("Stop now", icon=":material/cancel:", key=f"stop-now-{run.id}", type="primary",
                               help="End the job's process at once: the history so far and the last saved model "
                                    "are kept."):
         job_manager().kill(run.id)
 
 
-def _progress(snapshot: dict) -> None:
+def failure_ui(status: dict, what: str = "The job") -> None:
+    """A failed run's error box and its hint (from status.json); nothing for other statuses."""
+    if status["status"] != runs.FAILED:
+        return
+    st.error(status.get("error") or f"{what} failed.", icon=":material/error:")
+    if status.get("hint"):
+        st.info(status["hint"], icon=":material/lightbulb:")
+
+
+def progress_ui(snapshot: dict) -> None:
+    """A job's progress record (stage, epoch, batch, rate, ETA, metrics) as progress bars and captions."""
     stage = snapshot.get("stage", "starting")
     initial = snapshot.get("initial")
     if initial:

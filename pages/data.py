@@ -23,6 +23,7 @@ SOURCES = {
     "zip": "Upload a .zip",
 }
 IMAGE_SIZES = [96, 128, 160, 192, 224, 299]
+BATCH_SIZES = [8, 16, 32, 64, 128]
 #: Duplicate pairs shown as thumbnails (all of them are in the run's data report).
 MAX_PAIRS = 12
 
@@ -76,7 +77,7 @@ with st.form("data_form"):
                                   help="Used when the folder has no split folders.")
     test_fraction = cols[1].slider("Test fraction", 0.0, 0.5, config.test_fraction, 0.05)
     image_size = cols[2].selectbox("Image size (px)", IMAGE_SIZES, index=IMAGE_SIZES.index(config.image_size))
-    batch_size = cols[3].selectbox("Batch size", [8, 16, 32, 64, 128], index=[8, 16, 32, 64, 128].index(config.batch_size))
+    batch_size = cols[3].selectbox("Batch size", BATCH_SIZES, index=BATCH_SIZES.index(config.batch_size))
     seed = st.number_input("Seed", value=config.seed, step=1, help="Controls every random choice: split, shuffling, augmentation.")
     drop_duplicates = st.checkbox("Drop validation/test images that duplicate training images", config.drop_duplicates,
                                   help="Byte-, pixel- or near-identical copies of training images inflate every score.")

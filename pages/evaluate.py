@@ -11,8 +11,10 @@ from core.data.images import ImageError, load_image
 from core.errors import UserError
 from core.results import calibration, drilldown, evaluation, gradcam
 from core.training import runs
-from core.workflow import CLASSES_FILE, load_data, load_run_model
+from core.workflow import load_data
 from pages._common import image_grid, runs_dir, show_error
+from pages._run_models import cached_model, check_classes, has_model, model_version
+from pages._run_picker import run_picker_ui
 from pages._thumbnails import thumbnail_uri
 
 KINDS = {"final": "Fine-tuned", "head": "Head only"}
@@ -21,24 +23,8 @@ MISTAKES_SHOWN = 6
 NO_HEATMAP, PREDICTED = "none", "predicted class"
 
 
-def has_model(run: runs.Run) -> bool:
-    """Whether the run has a trained head (every later model builds on it)."""
-    return (run.path / CLASSES_FILE).is_file() and run.model_path("head").is_file()
-
-
 def is_fine_tuned(run: runs.Run) -> bool:
     return "fine_tune" in run.read_json("metrics.json", default={})
-
-
-def model_version(run: runs.Run, kind: str) -> int:
-    """Changes whenever the model file is rewritten, so caches keyed on it stay current."""
-    return run.model_path(kind).stat().st_mtime_ns
-
-
-@st.cache_resource(max_entries=4, show_spinner="Loading the model...")
-def cached_model(path: str, kind: str, version: int):
-    """The run's `kind` model and class names, loaded once per model file version."""
-    return load_run_model(runs.Run(path), kind)
 
 
 @st.cache_data(max_entries=16, show_spinner="Evaluating on the test split...")
@@ -48,10 +34,7 @@ def test_report(path: str, kind: str, version: int) -> dict:
     run = runs.Run(path)
     model, classes = cached_model(path, kind, version)
     data = load_data(run.config.data)
-    if data.class_names != classes:
-        raise UserError(f"The dataset of run {run.id} now has the classes {', '.join(data.class_names)}, "
-                        f"but its model was trained on {', '.join(classes)}.",
-                        "Restore the data the run was trained on, or train a new run on this data.")
+    check_classes(run, classes, data.class_names)
     images, labels = data.splits["test"]
     if not len(labels):
         raise UserError(f"The dataset of run {run.id} has no test images.",
@@ -62,30 +45,6 @@ def test_report(path: str, kind: str, version: int) -> dict:
     report.update(loss=evaluation.cross_entropy(labels, probs), probabilities=probs,
                   confusion_matrix=evaluation.confusion_matrix(labels, predicted, len(classes)))
     return report
-
-
-def run_label(run: runs.Run) -> str:
-    try:
-        name = run.config.name
-    except UserError:
-        name = ""
-    return f"{name} · {run.id}" if name else run.id
-
-
-def default_run(candidates: list[runs.Run]) -> runs.Run:
-    """The session's run, else the newest finished one, else the newest."""
-    by_id = {run.id: run for run in candidates}
-    if st.session_state.get("run_id") in by_id:
-        return by_id[st.session_state["run_id"]]
-    finished = [run for run in candidates if status_of(run) == runs.FINISHED]
-    return (finished or candidates)[0]
-
-
-def status_of(run: runs.Run) -> str:
-    try:
-        return run.status()["status"]
-    except UserError:
-        return "unreadable"
 
 
 def headline(reports: dict[str, dict]) -> None:
@@ -250,14 +209,11 @@ st.title("Evaluate")
 st.caption("How well the trained models do on the test split, held out from training "
            "(copies of training images in it are flagged below).")
 
-candidates = [run for run in runs.list_runs(runs_dir()) if has_model(run)]
+candidates = [run for run in runs.list_runs(runs_dir()) if has_model(run, "head")]  # every later model builds on the head
 if not candidates:
     st.info("No trained model yet: train a head on the Train head page first.", icon=":material/info:")
     st.stop()
-by_id = {run.id: run for run in candidates}
-ids = list(by_id)
-run = by_id[st.selectbox("Run", ids, index=ids.index(default_run(candidates).id),
-                         format_func=lambda run_id: run_label(by_id[run_id]), key="evaluate_run")]
+run = run_picker_ui(candidates, key="evaluate_run", preferred=st.session_state.get("run_id"))
 
 try:
     kinds = ["head", "final"] if is_fine_tuned(run) else ["head"]

@@ -16,8 +16,10 @@ from core.data import corrections
 from core.errors import UserError
 from core.results import embedding, evaluation, features, label_issues
 from core.training import runs
-from core.workflow import CLASSES_FILE, load_data, load_run_model
+from core.workflow import load_data
 from pages._common import image_grid, runs_dir, show_error, state, update
+from pages._run_models import cached_model, check_classes, has_model, model_version
+from pages._run_picker import run_picker_ui
 
 ANALYSIS_FILE = "insight.json"
 KEEP, EXCLUDE = "keep", "exclude"
@@ -36,11 +38,6 @@ class BarProgress:
 
     def update(self, batch: int = 0, batches: int = 1, **_) -> None:
         self.bar.progress(min(batch / max(batches, 1), 1.0), text=f"{self.text} batch {batch} of {batches}")
-
-
-@st.cache_resource(max_entries=2, show_spinner="Loading the model...")
-def cached_model(path: str, version: int):
-    return load_run_model(runs.Run(path), "final")
 
 
 def raw_data(run: runs.Run):
@@ -69,13 +66,9 @@ def analyse(run: runs.Run, model, data) -> dict:
               for i in range(len(data.splits[s][1]))]
     for point, (x, y), guess in zip(points, coords, predicted):
         point.update(x=float(x), y=float(y), predicted=int(guess))
-    result = {"model_version": model_version(run), "counts": data.counts(), "issues": rows, "map": points}
+    result = {"model_version": model_version(run, "final"), "counts": data.counts(), "issues": rows, "map": points}
     run.write_json(ANALYSIS_FILE, result)
     return result
-
-
-def model_version(run: runs.Run) -> int:
-    return run.model_path("final").stat().st_mtime_ns
 
 
 def choice_of(correction) -> str:
@@ -148,28 +141,21 @@ def embedding_map(points: list[dict], data) -> None:
 st.title("Label issues")
 st.caption("Which labels the trained model contradicts most, and where classes overlap in its feature space.")
 
-candidates = [run for run in runs.list_runs(runs_dir())
-              if (run.path / CLASSES_FILE).is_file() and run.model_path("final").is_file()]
+candidates = [run for run in runs.list_runs(runs_dir()) if has_model(run, "final")]
 if not candidates:
     st.info("No trained model yet: train a head on the Train head page first.", icon=":material/info:")
     st.stop()
-by_id = {run.id: run for run in candidates}
-ids = list(by_id)
-run = by_id[st.selectbox("Run", ids, index=ids.index(st.session_state["run_id"]) if st.session_state.get("run_id") in by_id else 0,
-                         key="labels_run")]
+run = run_picker_ui(candidates, key="labels_run", preferred=st.session_state.get("run_id"))
 if msg := st.session_state.pop("mark_error", None):
     st.error(f"The mark was not saved: {msg}", icon=":material/error:")
 
 try:
     config = dataclasses.replace(run.config.data, corrections=())
     data = raw_data(run)
-    model, classes = cached_model(str(run.path), model_version(run))
-    if classes != data.class_names:
-        raise UserError(f"The dataset of run {run.id} now has the classes {', '.join(data.class_names)}, "
-                        f"but its model was trained on {', '.join(classes)}.",
-                        "Restore the data the run was trained on, or train a new run on this data.")
+    model, classes = cached_model(str(run.path), "final", model_version(run, "final"))
+    check_classes(run, classes, data.class_names)
     result = run.read_json(ANALYSIS_FILE, default=None)
-    if result and (result.get("model_version"), result.get("counts")) != (model_version(run), data.counts()):
+    if result and (result.get("model_version"), result.get("counts")) != (model_version(run, "final"), data.counts()):
         result = None  # a retrained model or changed images: the saved analysis no longer fits
     if st.button("Find label issues and draw the map" if result is None else "Analyse again", type="primary"):
         result = analyse(run, model, data)

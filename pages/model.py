@@ -15,14 +15,20 @@ from core.model.build import (
     build_model,
     compile_model,
     count_params,
-    first_trainable_index,
     get_backbone,
     layer_table,
     set_trainable,
     summary_text,
 )
 from core.model.trainable_api import trainable_api_demo
-from pages._common import WEIGHTS_UNAVAILABLE, current_data, show_error, state
+from pages._common import (
+    WEIGHTS_UNAVAILABLE,
+    current_data,
+    seed_widget,
+    show_error,
+    state,
+)
+from pages._cut import cut_ui
 
 PREPROCESSING = {
     "tf": "scales pixels to [-1, 1]",
@@ -31,21 +37,7 @@ PREPROCESSING = {
     "none": "takes raw [0, 255] pixels (preprocesses inside itself)",
 }
 WEIGHTS = {"imagenet": "ImageNet (pretrained)", "none": "None (random init)", "file": "Weights file"}
-UNFREEZE = {
-    "frozen": "Backbone frozen (train the head)",
-    "all": "Unfreeze all",
-    "index": "Unfreeze from layer index",
-    "name": "Unfreeze from layer name",
-}
-#: The references' cut points: the TF tutorial's fine_tune_at = 100, the book's block5_conv1.
-REFERENCE_CUTS = {"MobileNetV2": "100", "VGG16": "block5_conv1"}
 COLOURS = {"trainable": "#e8590c", "frozen": "#adb5bd"}
-
-
-def seed(key: str, value) -> None:
-    """Start the widget `key` at `value` unless the user has already set it."""
-    if key not in st.session_state:
-        st.session_state[key] = value
 
 
 def describe(name: str) -> str:
@@ -70,8 +62,8 @@ def backbones_table(image_size: int) -> pd.DataFrame:
 
 def choose_weights(current: str) -> str | None:
     """The weights setting; None while a weights file is chosen but its path is empty."""
-    seed("model_weights", current if current in ("imagenet", "none") else "file")
-    seed("model_weights_path", "" if current in ("imagenet", "none") else current)
+    seed_widget("model_weights", current if current in ("imagenet", "none") else "file")
+    seed_widget("model_weights_path", "" if current in ("imagenet", "none") else current)
     choice = st.radio("Weights", list(WEIGHTS), format_func=WEIGHTS.get, key="model_weights")
     if choice != "file":
         return choice
@@ -97,59 +89,6 @@ def built_model(config: ModelConfig, image_size: int, num_classes: int, augment:
 @st.cache_data(show_spinner="Running the experiments...")
 def api_demo() -> list[dict]:
     return trainable_api_demo()
-
-
-def default_cut(name: str, backbone) -> int:
-    """The references' cut for their backbones, else about two thirds of the depth."""
-    if name in REFERENCE_CUTS:
-        return first_trainable_index(backbone, REFERENCE_CUTS[name])
-    return round(len(backbone.layers) * 2 / 3)
-
-
-def stored_cut(backbone) -> int | None:
-    """The backbone layer index the stored fine_tune_at points to, if it points to one."""
-    stored = st.session_state.get("fine_tune_at")
-    if stored in (None, "all"):
-        return None
-    try:
-        return first_trainable_index(backbone, stored)
-    except UserError:
-        return None
-
-
-def stored_mode() -> str:
-    stored = st.session_state.get("fine_tune_at")
-    if stored is None:
-        return "frozen"
-    if stored == "all":
-        return "all"
-    return "index" if stored.isdigit() else "name"
-
-
-def choose_fine_tune_at(name: str, backbone) -> str | None:
-    """The unfreeze control: None, "all", a layer index as digits, or a layer name."""
-    seed("model_unfreeze", stored_mode())
-    mode = st.radio("Unfreeze", list(UNFREEZE), format_func=UNFREEZE.get, key="model_unfreeze", horizontal=True)
-    if mode == "frozen":
-        return None
-    if mode == "all":
-        return "all"
-    names = [layer.name for layer in backbone.layers]
-    start = stored_cut(backbone)
-    start = default_cut(name, backbone) if start is None or start >= len(names) else start
-    if mode == "index":
-        key = f"model_unfreeze_index:{name}"
-        seed(key, start)
-        index = st.slider(f"First trainable layer (of {len(names)})", 0, len(names) - 1, key=key,
-                          help="Layers from this index on train; the tutorial unfreezes MobileNetV2 from 100.")
-        st.caption(f"Layer {index} is `{names[index]}`.")
-        return str(index)
-    key = f"model_unfreeze_name:{name}"
-    seed(key, names[start])
-    layer_name = st.selectbox("First trainable layer", names, key=key,
-                              help="This layer and those after it train; the book unfreezes VGG16 from block5_conv1.")
-    st.caption(f"`{layer_name}` is layer {names.index(layer_name)}.")
-    return layer_name
 
 
 def inspect_freezing(model, lock, fine_tune_at: str | None, freeze_batchnorm: bool, num_classes: int) -> dict:
@@ -205,7 +144,7 @@ previous = state("model_config")
 image_size = state("data_config").image_size
 
 st.subheader("Backbone and head")
-seed("model_backbone", previous.backbone)
+seed_widget("model_backbone", previous.backbone)
 backbone_name = st.selectbox("Backbone", list(BACKBONES), format_func=describe, key="model_backbone")
 spec = BACKBONES[backbone_name]
 cached = "cached" if spec.weights_cached(image_size) else f"not cached, {spec.download_mb:g} MB to download"
@@ -219,13 +158,13 @@ with st.expander("Compare backbones"):
 columns = st.columns(4)
 with columns[0]:
     weights = choose_weights(previous.weights)
-seed("model_pooling", previous.pooling)
+seed_widget("model_pooling", previous.pooling)
 pooling = columns[1].radio("Pooling", list(POOLING_LAYERS), key="model_pooling",
                            help="avg: GlobalAveragePooling2D; flatten: the book's VGG16 head.")
-seed("model_hidden_units", previous.hidden_units)
+seed_widget("model_hidden_units", previous.hidden_units)
 hidden_units = columns[2].number_input("Hidden units", 0, 4096, step=32, key="model_hidden_units",
                                        help="A hidden Dense(relu) layer before the logits (0 = none).")
-seed("model_dropout", previous.dropout)
+seed_widget("model_dropout", previous.dropout)
 dropout = columns[3].slider("Dropout", 0.0, 0.9, step=0.05, key="model_dropout")
 if weights is None:
     st.info("Enter the path of a weights file for the backbone.", icon=":material/upload_file:")
@@ -266,11 +205,8 @@ else:
         icon=":material/lightbulb:",
     )
 backbone = get_backbone(model)
-fine_tune_at = choose_fine_tune_at(backbone_name, backbone)
-seed("model_freeze_batchnorm", st.session_state.get("freeze_batchnorm", False))
-freeze_batchnorm = st.checkbox("Keep BatchNormalization frozen", key="model_freeze_batchnorm",
-                               disabled=fine_tune_at is None,
-                               help="Also stops training their scale and offset (gamma, beta).")
+fine_tune_at, freeze_batchnorm = cut_ui(backbone_name, backbone, st.session_state.get("fine_tune_at"),
+                                        st.session_state.get("freeze_batchnorm", False), key="model")
 st.session_state["fine_tune_at"] = fine_tune_at
 st.session_state["freeze_batchnorm"] = freeze_batchnorm
 if fine_tune_at is not None:

@@ -3,49 +3,50 @@ export its model, delete it, and run the from-scratch / transfer / fine-tune com
 import functools
 
 import pandas as pd
-import plotly.express as px
 import streamlit as st
 
 from core import workflow
-from core.config import RunConfig
 from core.data.report import REPORT_FILE
 from core.errors import UserError
 from core.results import compare, export, packaging, parity
 from core.training import runs
+from core.training.jobs import JOB_QUEUED
 from pages import _quick_tries as quick_tries
 from pages._common import (
     RUN_PARAM,
     job_manager,
+    live_job,
     load_into_session,
+    open_run,
     runs_dir,
+    session_run_config,
     show_error,
-    state,
+    size_text,
     user_errors,
 )
+from pages._curves import comparison_curves
+from pages._run_picker import run_label, run_picker_ui, run_status
 
 MODEL_KINDS = {"final": "Final (after the last phase)", "best": "Best epoch", "head": "Head only"}
-POLL_SECONDS = 2
+#: The runs table re-reads every run folder, so it polls less often than a job panel.
+TABLE_POLL_SECONDS = 2
 PERCENT = st.column_config.NumberColumn(format="percent")
 SCORE_COLUMNS = ("best val accuracy", "test accuracy", "seconds")
 
 
-def run_label(row: dict) -> str:
-    return f"{row['name']} · {row['run']}" if row.get("name") else row["run"]
-
-
 def live_progress(run_id: str) -> str:
     """What this server's worker is doing for the run right now ("" when it is not running it)."""
-    job = job_manager().get(run_id)
-    if job is None or job.state == "done":
+    job = live_job(run_id)
+    if job is None:
         return ""
-    return "waiting in the queue" if job.state == "queued" else compare.progress_text(job.progress.snapshot())
+    return "waiting in the queue" if job.state == JOB_QUEUED else compare.progress_text(job.progress.snapshot())
 
 
 def runs_table(rows: list[dict]) -> None:
     """The table of runs, re-read and redrawn every few seconds while this server trains one."""
     active = any(live_progress(row["run"]) for row in rows)
 
-    @st.fragment(run_every=POLL_SECONDS if active else None)
+    @st.fragment(run_every=TABLE_POLL_SECONDS if active else None)
     def table():
         current = compare.runs_table(runs.list_runs(runs_dir())) if active else rows
         frame = pd.DataFrame(current)
@@ -70,20 +71,6 @@ def runs_table(rows: list[dict]) -> None:
     table()
 
 
-def curves_chart(histories: dict[str, list[dict]]):
-    """Validation accuracy and loss against epoch, one colour per run."""
-    frame = pd.DataFrame(compare.validation_curves(histories))
-    figure = px.line(frame, x="epoch", y="value", color="run", facet_col="metric", markers=True,
-                     category_orders={"metric": list(compare.CURVE_METRICS)}, labels={"value": ""},
-                     color_discrete_sequence=px.colors.qualitative.D3)
-    figure.update_yaxes(matches=None, showticklabels=True)
-    if frame["epoch"].max() <= 20:
-        figure.update_xaxes(dtick=1)  # whole epochs only
-    figure.for_each_annotation(lambda a: a.update(text="Validation " + a.text.split("=")[-1]))
-    figure.update_layout(height=380, margin=dict(t=40, b=10), legend=dict(orientation="h", y=-0.2))
-    return figure
-
-
 # --- one run: load, export, delete ----------------------------------------------------
 
 def load_run(run: runs.Run) -> None:
@@ -92,25 +79,17 @@ def load_run(run: runs.Run) -> None:
     st.session_state["runs_notice"] = f"Run {run.id} is now the session's run: its data, augmentation, model and training settings are loaded."
 
 
-def human_size(size: int) -> str:
-    for unit in ("B", "KB", "MB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GB"
-
-
 def parity_table(manifest: dict) -> None:
     """Per export: size, test accuracy, agreement with the Keras model, largest probability
     difference and latency; a warning naming each export below its agreement bound."""
     reference = manifest["reference"]
-    rows = [{"file": export.FORMATS[row["format"]].file_name, "size": human_size(row["bytes"]), "bytes": row["bytes"],
+    rows = [{"file": export.FORMATS[row["format"]].file_name, "size": size_text(row["bytes"]), "bytes": row["bytes"],
              "test accuracy": row.get("test_accuracy"), "agreement": row.get("agreement"),
              "max prob. diff.": row.get("max_probability_difference"), "ms / image": row.get("ms_per_image"),
              "check": "ok" if row["ok"] else ("does not run" if "error" in row else "⚠ below bound"),
              "what": export.FORMATS[row["format"]].title} for row in manifest["parity"]]
     if not rows:  # no test split: sizes only
-        rows = [{"file": file["file"], "size": human_size(file["bytes"]), "bytes": file["bytes"],
+        rows = [{"file": file["file"], "size": size_text(file["bytes"]), "bytes": file["bytes"],
                  "what": export.FORMATS[key].title} for key, file in manifest["files"].items()]
     st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
         "test accuracy": PERCENT, "agreement": PERCENT,
@@ -185,20 +164,15 @@ def delete_panel(run: runs.Run) -> None:
     st.rerun()
 
 
-def manage_run(rows: list[dict]) -> None:
-    labels = {row["run"]: run_label(row) for row in rows}
-    ids = list(labels)
-    current = st.session_state.get("run_id")
-    run_id = st.selectbox("Run", ids, index=ids.index(current) if current in ids else 0,
-                          format_func=labels.get, key="runs_selected")
-    run = runs.Run(runs_dir() / run_id)
+def manage_run(listed: list[runs.Run]) -> None:
+    run = run_picker_ui(listed, key="runs_selected", preferred=st.session_state.get("run_id"))
     load, export_tab, config_tab, delete_tab, data_tab = st.tabs(
         ["Load into session", "Export model", "Config", "Delete", "Data"])
     with load:
         st.caption("Use this run's data, augmentation, model and training settings in the workflow pages, "
                    "e.g. to fine-tune its head further or to evaluate it.")
         st.button("Load into session", key="runs_load", on_click=load_run, args=(run,),
-                  icon=":material/input:", disabled=_status(rows, run_id) == "unreadable")
+                  icon=":material/input:", disabled=run_status(run) == compare.UNREADABLE)
     with export_tab:
         export_panel(run)
     with config_tab:
@@ -236,17 +210,11 @@ def data_report_panel(run: runs.Run) -> None:
         st.dataframe(pd.DataFrame(report["duplicates"])[["split", "source", "train_source", "kind"]], hide_index=True)
 
 
-def _status(rows: list[dict], run_id: str) -> str:
-    return next(row["status"] for row in rows if row["run"] == run_id)
-
-
 # --- from scratch vs transfer vs fine-tune ------------------------------------------------
 
 def start_comparison(epochs: int) -> None:
     """Queue the three comparison runs on the session's data, augmentation, model and head settings."""
-    data = state("data_config")
-    base = RunConfig(data=data, augment=state("augment_config"), model=state("model_config"),
-                     head=state("head_config"), seed=data.seed)
+    base = session_run_config()
     started = {}
     for label, config in workflow.comparison_configs(base, epochs).items():
         run = runs.Run.create(runs_dir(), config)
@@ -258,8 +226,7 @@ def start_comparison(epochs: int) -> None:
 def comparison_runs() -> dict[str, runs.Run]:
     """The session's comparison runs that still exist, by label."""
     ids = st.session_state.get("comparison_runs") or {}
-    return {label: runs.Run(runs_dir() / run_id) for label, run_id in ids.items()
-            if (runs_dir() / run_id / runs.CONFIG_FILE).is_file()}
+    return {label: run for label, run_id in ids.items() if (run := open_run(run_id)) is not None}
 
 
 def comparison_active(compared: dict[str, runs.Run]) -> bool:
@@ -270,9 +237,9 @@ def comparison_status(compared: dict[str, runs.Run]) -> None:
     """The three runs' statuses, redrawn every few seconds while any is queued or running."""
     active = comparison_active(compared)
 
-    @st.fragment(run_every=POLL_SECONDS if active else None)
+    @st.fragment(run_every=TABLE_POLL_SECONDS if active else None)
     def panel():
-        rows = [{"run": label, "id": run.id, "status": run.status()["status"], "progress": live_progress(run.id)}
+        rows = [{"run": label, "id": run.id, "status": run_status(run), "progress": live_progress(run.id)}
                 for label, run in compared.items()]
         st.dataframe(pd.DataFrame(rows), hide_index=True)
         if active and not comparison_active(compared):
@@ -282,13 +249,13 @@ def comparison_status(compared: dict[str, runs.Run]) -> None:
 
 
 def comparison_results(compared: dict[str, runs.Run]) -> None:
-    finished = {label: run for label, run in compared.items() if run.status()["status"] == runs.FINISHED}
+    finished = {label: run for label, run in compared.items() if run_status(run) == runs.FINISHED}
     unfinished = sorted(set(compared) - set(finished))
     if unfinished:
         st.warning(f"Not finished: {', '.join(unfinished)}. See the runs table for why.", icon=":material/warning:")
     if not finished:
         return
-    st.plotly_chart(curves_chart({label: run.history() for label, run in finished.items()}),
+    st.plotly_chart(comparison_curves({label: run.history() for label, run in finished.items()}),
                     width="stretch", key="comparison_curves")
     st.dataframe(pd.DataFrame(compare.comparison_table(finished)), hide_index=True, column_config={
         "best val accuracy": PERCENT, "test accuracy": PERCENT,
@@ -324,7 +291,8 @@ notice = st.session_state.pop("runs_notice", None)
 if notice:
     st.success(notice, icon=":material/check_circle:")
 
-rows = compare.runs_table(runs.list_runs(runs_dir()))
+listed = runs.list_runs(runs_dir())
+rows = compare.runs_table(listed)
 if not rows:
     st.info("No runs yet: train a head on the Train head page, or start the comparison below.", icon=":material/info:")
 else:
@@ -332,15 +300,15 @@ else:
 
     st.subheader("Learning curves")
     with_history = [row["run"] for row in rows if row.get("best val accuracy") is not None]
-    labels = {row["run"]: run_label(row) for row in rows}
-    chosen = st.multiselect("Runs to overlay", with_history, default=with_history[:2], format_func=labels.get,
-                            key="runs_curves")
+    by_id = {run.id: run for run in listed}
+    chosen = st.multiselect("Runs to overlay", with_history, default=with_history[:2],
+                            format_func=lambda run_id: run_label(by_id[run_id]), key="runs_curves")
     if chosen:
-        histories = {labels[run_id]: runs.Run(runs_dir() / run_id).history() for run_id in chosen}
-        st.plotly_chart(curves_chart(histories), width="stretch", key="runs_curves_chart")
+        histories = {run_label(by_id[run_id]): by_id[run_id].history() for run_id in chosen}
+        st.plotly_chart(comparison_curves(histories), width="stretch", key="runs_curves_chart")
 
     st.subheader("Manage a run")
-    manage_run(rows)
+    manage_run(listed)
 
 comparison_section()
 quick_tries.cache_section_ui()

@@ -4,9 +4,8 @@ import dataclasses
 import streamlit as st
 
 from core import workflow
-from core.config import RunConfig
+from core.data.image_data import IMBALANCE_RATIO
 from core.data.report import REPORT_FILE
-from core.model.build import OPTIMIZERS
 from core.results.chance import chance_level_warning
 from core.training import runs
 from pages import _quick_tries as quick_tries
@@ -17,13 +16,14 @@ from pages._common import (
     job_manager,
     known_missing_weights,
     runs_dir,
+    session_run_config,
     show_error,
     state,
     user_errors,
 )
-from pages._training import job_panel, name_differences, preset_of, within
+from pages._train_form import training_form_ui
+from pages._training import job_panel, name_differences
 
-LEARNING_RATES = {"Adam 1e-3 (Keras guide)": ("adam", 1e-3), "Adam 1e-4 (TF tutorial)": ("adam", 1e-4)}
 
 def head_results(run) -> None:
     """The head phase's scores, once it has saved its model."""
@@ -55,52 +55,22 @@ st.caption(
     "pretrained features. Train it to convergence before fine-tuning."
 )
 
-config = state("head_config")
-with st.form("head_form"):
-    presets = [*LEARNING_RATES, "Custom"]
-    preset = st.radio("Learning rate preset", presets, horizontal=True,
-                      index=presets.index(preset_of(LEARNING_RATES, config.optimizer, config.learning_rate)))
-    cols = st.columns(4)
-    optimizer = cols[0].selectbox("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(config.optimizer))
-    learning_rate = cols[1].number_input("Learning rate (Custom)", 1e-6, None, within(config.learning_rate, 1e-6),
-                                         format="%.6f", help="Too high a rate diverges: the job then stops and says so.")
-    epochs = cols[2].number_input("Epochs", 1, 200, within(config.epochs, 1, 200))
-    patience = cols[3].number_input("Early stopping patience (0 = off)", 0, 50,
-                                    within(config.early_stopping_patience, 0, 50))
-    cols = st.columns(4)
-    restore_best = cols[0].checkbox("Restore best epoch", config.restore_best)
-    reduce_lr = cols[1].checkbox("ReduceLROnPlateau", config.reduce_lr_on_plateau)
-    weighted = cols[2].checkbox("Class weights", config.class_weights, help="Weigh rare classes up on unbalanced data.")
-    fast_path = cols[3].checkbox("Fast path (cached features)", config.fast_path,
-                                 help="Run the frozen backbone once over several augmented views of each image "
-                                      "instead of every epoch. Same model, much faster.")
-    views = st.slider("Augmented views stored per image (fast path)", 1, 8, within(config.views, 1, 8))
-    missing_weights = known_missing_weights()
-    start = st.form_submit_button("Start head training", type="primary", icon=":material/play_arrow:",
-                                  disabled=missing_weights is not None)
+missing_weights = known_missing_weights()
+head, start = training_form_ui(dataclasses.replace(state("head_config"), fine_tune_at=None), key="head_form",
+                               start_label="Start head training", disabled=missing_weights is not None)
 if missing_weights is not None:  # the run would fail at once: say so now, with the way out
     show_error(missing_weights)
     st.page_link("pages/model.py", label="Model page: continue from random weights", icon=":material/casino:")
-
-if preset != "Custom":
-    optimizer, learning_rate = LEARNING_RATES[preset]
-head = dataclasses.replace(
-    config, optimizer=optimizer, learning_rate=float(learning_rate), epochs=int(epochs),
-    early_stopping_patience=int(patience), restore_best=restore_best, reduce_lr_on_plateau=reduce_lr,
-    class_weights=weighted, fast_path=fast_path, views=int(views), fine_tune_at=None,
-)
 st.session_state["head_config"] = head
 
 data = current_data()
-if data is not None and data.imbalance() > 3 and not head.class_weights:
+if data is not None and data.imbalance() > IMBALANCE_RATIO and not head.class_weights:
     st.warning("Classes are unbalanced: consider class weights.", icon=":material/balance:")
 quick_tries.train_head_ui(head)
 
 if start and data is not None:
     with user_errors():
-        run_config = RunConfig(data=state("data_config"), augment=state("augment_config"),
-                               model=state("model_config"), head=head, seed=state("data_config").seed)
-        run = runs.Run.create(runs_dir(), run_config)
+        run = runs.Run.create(runs_dir(), session_run_config(head))
         job_manager().submit(run, workflow.head_job)
         follow(run)
         st.session_state["head_run_id"] = run.id  # Fine-tune continues this run, even before it ends

@@ -13,8 +13,8 @@ from streamlit.testing.v1 import AppTest
 from core import settings, workflow
 from core.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
 from core.training import feature_cache, runs
-from pages._common import job_manager
-from pages._quick_tries import CACHED, size_text
+from pages._common import job_manager, size_text
+from pages._quick_tries import CACHED
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 SESSION = {

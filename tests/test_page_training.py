@@ -229,9 +229,9 @@ def test_fine_tuning_continues_the_head_run(trained_head, runs_dir):
     run = runs.Run(shutil.copytree(head_run.path, runs_dir / head_run.id))  # the other tests keep theirs as it is
     fine_tune = TrainConfig(epochs=1, learning_rate=1e-4, fine_tune_at="100", views=1)
     at = open_page("pages/fine_tune.py", head_run_id=run.id, fine_tune_config=fine_tune)
-    assert by_label(at.radio, "Unfreeze").value == "from layer index"
+    assert at.radio(key="fine_tune_unfreeze").value == "index"
     assert by_label(at.radio, "Learning rate preset").value == "1/10 of the head's rate"  # the head ran at 1e-3
-    assert by_label(at.slider, "First trainable layer (fine_tune_at)").value == 100
+    assert at.slider(key="fine_tune_unfreeze_index:MobileNetV2").value == 100
     model, _ = workflow.load_run_model(run, "head")
     set_trainable(model, "100")
     expected = count_params(model)

@@ -15,6 +15,8 @@ from core.training.runs import HISTORY_PHASES, Run
 
 #: The validation metrics overlaid when runs are compared.
 CURVE_METRICS = ("accuracy", "loss")
+#: The runs table's status for a run whose config or status file cannot be read (never written to disk).
+UNREADABLE = "unreadable"
 
 
 def dataset_label(data: DataConfig) -> str:
@@ -104,7 +106,7 @@ def runs_table(runs: list[Run]) -> list[dict]:
         try:
             rows.append(run_row(run))
         except UserError as error:
-            rows.append({"run": run.id, "status": "unreadable", "error": error.message})
+            rows.append({"run": run.id, "status": UNREADABLE, "error": error.message})
     return rows
 
 
