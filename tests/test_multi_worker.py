@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -20,8 +21,8 @@ from core.training import runs
 from core.training.distributed import Task, cluster_task
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN = ["--weights", "none", "--backbone", "MobileNet", "--image-size", "32", "--augment", "none",
-         "--head-epochs", "4", "--fine-tune-epochs", "1", "--fine-tune-at", "70", "--seed", "3"]
+MODEL = ["--weights", "none", "--backbone", "MobileNet", "--image-size", "32", "--augment", "none", "--seed", "3"]
+TRAIN = [*MODEL, "--head-epochs", "4", "--fine-tune-epochs", "1", "--fine-tune-at", "70"]
 
 
 def free_ports(count: int) -> list[int]:
@@ -124,3 +125,26 @@ def test_two_machines_train_one_run_as_good_as_one_machine(colour_data_root, tmp
     assert chief["val_accuracy"] >= 0.8 and other["val_accuracy"] >= 0.8
     assert alone["val_accuracy"] >= 0.8
     assert abs(chief["val_accuracy"] - alone["val_accuracy"]) <= 0.2
+
+
+def test_a_stop_asked_in_the_chiefs_run_folder_stops_every_machine_after_the_same_batch(colour_data_root, tmp_path):
+    """The dashboard's Stop (or `Run.request_stop`) on the chief's run: both machines leave
+    the loop together (neither waits forever for the other), the run is stopped with the
+    epochs done so far, and fine-tuning does not start."""
+    ports = free_ports(2)
+    args = ["--data", str(colour_data_root / "colours"), *MODEL, "--head-epochs", "500",
+            "--fine-tune-epochs", "1", "--fine-tune-at", "70"]
+    machines = [cli([*args, "--runs-dir", str(tmp_path / f"runs-{i}")], TF_CONFIG=tf_config(ports, i),
+                    TL_CACHE_DIR=str(tmp_path / f"cache-{i}"))
+                for i in range(2)]
+    deadline = time.monotonic() + 240
+    while not (found := runs.list_runs(tmp_path / "runs-0")) or not found[0].history():
+        assert time.monotonic() < deadline and all(m.poll() is None for m in machines), "no epoch ended"
+        time.sleep(0.2)
+    found[0].request_stop()
+    chief, other = (result_of(process) for process in machines)
+    assert chief["status"] == other["status"] == "stopped"
+    run = runs.Run(chief["run_dir"])
+    epochs = [record["epoch"] for record in run.history()]
+    assert 1 <= len(epochs) < 500 and {r["phase"] for r in run.history()} == {"head"}
+    assert run.model_path("final").is_file()  # the epochs before the stop are kept
