@@ -44,8 +44,12 @@ def cuda_visible_devices() -> list[str] | None:
     text = os.environ.get("CUDA_VISIBLE_DEVICES")
     if text is None:
         return None
-    ids = [part.strip() for part in text.split(",") if part.strip()]
-    return [] if not ids or ids[0] == "-1" else ids[:next((i for i, d in enumerate(ids) if d == "-1"), len(ids))]
+    visible = []
+    for device in (part.strip() for part in text.split(",")):
+        if not device or device == "-1":  # CUDA ignores everything from an invalid entry on
+            break
+        visible.append(device)
+    return visible
 
 
 def tf_config() -> dict | None:

@@ -229,13 +229,12 @@ class ClusterModel:
                            {"best": recorder.best_weights, "final": recorder.final_weights})
 
     def local_copy(self, result: PhaseResult, config: TrainConfig) -> PhaseResult:
-        """`result` with a plain model (made outside the strategy, frozen and compiled as
-        `config` says, holding the phase's final weights) as its `trained` model: what the chief saves and evaluates alone. A
+        """`result` with a plain model (made outside the strategy, frozen as `config` says,
+        holding the phase's final weights) as its `trained` model: what the chief saves and evaluates alone. A
         model of the strategy would wait for the other machines in every `predict`."""
         if self._local is None:
             self._local = self._build()
         model_lib.set_trainable(self._local, config.fine_tune_at, config.freeze_batchnorm)
-        model_lib.compile_model(self._local, config.optimizer, config.learning_rate, self.num_classes)
         self._local.set_weights(result.weights["final"])
         return dataclasses.replace(result, trained=self._local)
 
