@@ -90,6 +90,7 @@ def result_of(process: subprocess.Popen) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.integration
 def test_two_machines_train_one_run_as_good_as_one_machine(colour_data_root, tmp_path):
     data = str(colour_data_root / "colours")
     ports = free_ports(2)
@@ -130,6 +131,7 @@ def test_two_machines_train_one_run_as_good_as_one_machine(colour_data_root, tmp
     assert abs(chief["val_accuracy"] - alone["val_accuracy"]) <= 0.2
 
 
+@pytest.mark.integration
 def test_a_stop_asked_in_the_chiefs_run_folder_stops_every_machine_after_the_same_batch(colour_data_root, tmp_path):
     """The dashboard's Stop (or `Run.request_stop`) on the chief's run: both machines leave
     the loop together (neither waits forever for the other), the run is stopped with the
