@@ -196,10 +196,15 @@ def _ctrl_c_stops(progress):
 
 
 def _new_run(args: argparse.Namespace):
-    """A new run of the config the arguments describe (train's, sweep's and lr-find's), and
-    the data root its folder is relative to."""
+    """A new run of the config the arguments describe (train's, sweep's and lr-find's, on one
+    machine), and the data root its folder is relative to. Raises UserError when TF_CONFIG
+    names several machines: only `train` runs across them."""
     from core.training import runs
+    from core.training.distributed import cluster_task
 
+    if cluster_task() is not None:
+        raise UserError("Only `train` runs across machines, and TF_CONFIG names several.",
+                        "Unset TF_CONFIG for this command; it runs on one machine.")
     run_config, root = _run_config(args)
     return runs.Run.create(args.runs_dir or settings.runs_dir(), run_config), root
 

@@ -153,3 +153,13 @@ def test_a_stop_asked_in_the_chiefs_run_folder_stops_every_machine_after_the_sam
     epochs = [record["epoch"] for record in run.history()]
     assert 1 <= len(epochs) < 500 and {r["phase"] for r in run.history()} == {"head"}
     assert run.model_path("final").is_file()  # the epochs before the stop are kept
+
+
+@pytest.mark.parametrize("command", ["sweep", "lr-find"])
+def test_commands_other_than_train_refuse_a_cluster_before_making_a_run(monkeypatch, capsys, tmp_path, command):
+    from core.__main__ import USER_ERROR_EXIT, main
+
+    monkeypatch.setenv("TF_CONFIG", tf_config([1, 2], 0))
+    assert main([command, "--data", str(tmp_path), "--runs-dir", str(tmp_path / "runs")]) == USER_ERROR_EXIT
+    assert "error: Only `train` runs across machines" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
