@@ -54,15 +54,24 @@ def _add_summary(commands) -> None:
 
 
 def train(args: argparse.Namespace) -> dict:
-    """Train headless, exactly as the dashboard does, with a progress bar on stderr."""
-    from core.data.report import REPORT_FILE
-    from core.results.chance import chance_level_warning
-    from core.training.phases import refuse_multi_worker
+    """Train headless, exactly as the dashboard does, with a progress bar on stderr; when
+    TF_CONFIG names two or more machines, on all of them together (`_train_across_machines`)."""
+    from core.training.distributed import cluster_task
     from core.workflow import full_job
 
-    refuse_multi_worker()  # before a run folder is made
+    task = cluster_task()
+    if task is not None:
+        return _train_across_machines(args, task)
     run, root = _new_run(args)
-    status = _run_job(run, functools.partial(full_job, data_root=root))
+    _run_job(run, functools.partial(full_job, data_root=root))
+    return _train_result(run)
+
+
+def _train_result(run) -> dict:
+    """What `train` prints: the run's folder, status, scores and times (and a chance-level warning)."""
+    from core.data.report import REPORT_FILE
+    from core.results.chance import chance_level_warning
+
     report = run.read_json(REPORT_FILE, default=None)
     metrics = run.read_json("metrics.json", default={})
     head_metrics, fine_metrics = metrics.get("head", {}), metrics.get("fine_tune", {})
@@ -73,7 +82,7 @@ def train(args: argparse.Namespace) -> dict:
         print(f"warning: {warning}", file=sys.stderr)
     return {
         "chance_level_warning": warning,
-        "run_dir": str(run.path), "status": status["status"],
+        "run_dir": str(run.path), "status": run.status()["status"],
         "head_val_accuracy": head_metrics.get("val_accuracy"), "val_accuracy": last.get("val_accuracy"),
         "head_test_accuracy": head_metrics.get("test_accuracy"), "test_accuracy": last.get("test_accuracy"),
         "training_path": head_metrics.get("path"),
@@ -81,16 +90,133 @@ def train(args: argparse.Namespace) -> dict:
     }
 
 
+def _train_across_machines(args: argparse.Namespace, task) -> dict:
+    """`train` on one machine of a cluster (`core.training.distributed`): every machine runs
+    this same command with its own TF_CONFIG task and trains in step; the chief writes the
+    run folder (config, status, progress, history, models, metrics) as a dashboard job
+    does, the other machines write nothing and print their task and scores.
+
+    Ctrl-C on any machine stops all of them after the same batch. A failure is a
+    UserError (on the chief also recorded in the run, the traceback in its log.txt).
+    """
+    import time
+    import traceback
+
+    from core.training import distributed, runs
+    from core.training.progress import FileProgress, Progress
+    from core.training.worker import describe
+
+    strategy = distributed.multi_worker_strategy()  # before any other TensorFlow operation
+    config, root = _run_config(args)
+    print(f"Training across machines: this is the {task}.", file=sys.stderr)
+    run = runs.Run.create(args.runs_dir or settings.runs_dir(), config) if task.is_chief else None
+    progress = FileProgress(run) if run is not None else Progress()
+    if run is not None:
+        run.set_status(runs.RUNNING, started=time.time(), machines=task.machines)
+        run.log(f"Training across {task.machines} machines; this process (pid {os.getpid()}) is the {task.kind}.")
+    progress.start()
+    try:
+        with _ctrl_c_stops(progress):
+            outcome = _train_on_cluster(strategy, config, root, run, progress)
+    except BaseException as error:
+        if run is not None:
+            run.set_status(runs.FAILED, finished=time.time(), **describe(error))
+            run.log(f"Failed: {error}" if isinstance(error, UserError) else traceback.format_exc())
+        if isinstance(error, UserError | KeyboardInterrupt):
+            raise
+        where = f"See {run.path / runs.LOG_FILE}." if run is not None else "See the chief's run folder and log."
+        raise UserError(f"Training across machines failed on the {task}: {type(error).__name__}: {error}",
+                        where) from error
+    finally:
+        progress.update(stage="ended")
+    status = runs.STOPPED if outcome.stopped else runs.FINISHED
+    if run is None:
+        return {"task": str(task), "run_dir": None, "status": status, "val_accuracy": outcome.best_val_accuracy}
+    run.set_status(status, finished=time.time())
+    run.log(f"Job {status}.")
+    return {"task": str(task), **_train_result(run)}
+
+
+def _train_on_cluster(strategy, config, root, run, progress):
+    """Head training, then fine-tuning when `config` asks for it, on every machine in step
+    (`full_job`'s sequence); `run` is the chief's run (None elsewhere), which gets the data
+    report, classes, history, models and metrics that `head_job` and `fine_tune_job` write.
+    Returns the last phase's `PhaseResult`."""
+    from core import workflow
+    from core.training import distributed
+
+    if run is not None:
+        config, data = workflow._data(run, progress, root)
+        run.write_json(workflow.CLASSES_FILE, data.class_names)
+    else:
+        data = workflow.load_data(config.data, root)
+    cluster = distributed.ClusterModel(strategy, config, data.num_classes)
+    cluster.check_same_data(data)
+
+    def on_epoch(record: dict) -> None:
+        print(f"{record['phase']} epoch {record['epoch']}: " + ", ".join(
+            f"{key} {record[key]:.4f}" for key in ("loss", "accuracy", "val_loss", "val_accuracy")), file=sys.stderr)
+        if run is not None:
+            run.append_history(record)
+
+    def finish(result, train_config, **extra):
+        if run is not None:  # TensorFlow's chief-only saving: a plain copy, saved and evaluated here only
+            local = cluster.local_copy(result, train_config)
+            workflow._finish_phase(run, local.trained, data, local, train_config, progress, **extra)
+        elif result.nan_epoch is not None:
+            raise UserError(f"Training diverged: the loss became NaN in epoch {result.nan_epoch} of the "
+                            f"{result.phase} phase.", "Lower the learning rate (by 10x) on every machine.")
+
+    head = cluster.train_phase(data, config.head, "head", seed=config.seed, progress=progress, on_epoch=on_epoch)
+    finish(head, config.head, extra={"initial": head.initial})
+    if config.fine_tune is None or head.stopped or not head.history:
+        return head
+    head.use_weights("best" if config.head.restore_best else "final")  # what the head run saved as final
+    offset = max(record["epoch"] for record in head.history)
+    tuned = cluster.train_phase(data, config.fine_tune, "fine_tune", seed=config.seed + 1, epoch_offset=offset,
+                                progress=progress, on_epoch=on_epoch)
+    finish(tuned, config.fine_tune)
+    return tuned
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops(progress):
+    """While inside, Ctrl-C asks `progress` to stop after the current batch instead of raising."""
+    import signal
+
+    def ask(signum, frame):
+        print("\nStopping after the current batch (on every machine)...", file=sys.stderr)
+        progress.request_stop()
+
+    previous = signal.signal(signal.SIGINT, ask)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _new_run(args: argparse.Namespace):
-    """A new run of the config the arguments describe (train's, sweep's and lr-find's), and
-    the data root its folder is relative to."""
+    """A new run of the config the arguments describe (train's, sweep's and lr-find's, on one
+    machine), and the data root its folder is relative to. Raises UserError when TF_CONFIG
+    names several machines: only `train` runs across them."""
+    from core.training import runs
+    from core.training.distributed import cluster_task
+
+    if cluster_task() is not None:
+        raise UserError("Only `train` runs across machines, and TF_CONFIG names several.",
+                        "Unset TF_CONFIG for this command; it runs on one machine.")
+    run_config, root = _run_config(args)
+    return runs.Run.create(args.runs_dir or settings.runs_dir(), run_config), root
+
+
+def _run_config(args: argparse.Namespace):
+    """The RunConfig the arguments describe, and the data root its folder is relative to."""
     import dataclasses
     from pathlib import Path
 
     from core import config as config_io
     from core.config import DEFAULT_FINE_TUNE, RunConfig
     from core.model import augmentation
-    from core.training import runs
 
     run_config = config_io.loads(Path(args.config).read_text()) if args.config else RunConfig(fine_tune=DEFAULT_FINE_TUNE)
     data = run_config.data
@@ -113,11 +239,10 @@ def _new_run(args: argparse.Namespace):
         augment=augmentation.parse_spec(args.augment) if args.augment else run_config.augment,
         seed=args.seed if args.seed is not None else run_config.seed,
     )
-    run = runs.Run.create(args.runs_dir or settings.runs_dir(), run_config)
     # Paths given here are absolute; a folder name in a dashboard's config.json is
     # relative to the data root, as it was on the server.
     root = Path("/") if Path(data.name).is_absolute() else settings.data_root()
-    return run, root
+    return run_config, root
 
 
 def _run_job(run, job) -> dict:

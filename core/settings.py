@@ -6,6 +6,7 @@ when it is first imported; `keras_models_dir` only says where that is.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -35,6 +36,43 @@ def keras_models_dir() -> Path:
 def tfds_data_dir() -> Path:
     """TensorFlow Datasets' download and prepare folder: `$TFDS_DATA_DIR`, else `~/tensorflow_datasets`."""
     return Path(os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets")
+
+
+def cuda_visible_devices() -> list[str] | None:
+    """The GPU ids (or UUIDs) `$CUDA_VISIBLE_DEVICES` lets CUDA see, in order: [] when it
+    hides them all ("" or "-1"), None when unset (every GPU is visible)."""
+    text = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if text is None:
+        return None
+    visible = []
+    for device in (part.strip() for part in text.split(",")):
+        if not device or device == "-1":  # CUDA ignores everything from an invalid entry on
+            break
+        visible.append(device)
+    return visible
+
+
+def tf_config() -> dict | None:
+    """`$TF_CONFIG` parsed: TensorFlow's cluster description for training across machines
+    ({"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": i}}),
+    which `tf.distribute.MultiWorkerMirroredStrategy` reads itself; None when unset.
+
+    Raises UserError when it is not a JSON object.
+    """
+    text = (os.environ.get("TF_CONFIG") or "").strip()
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        value, reason = None, f"not valid JSON ({error.msg})"
+    else:
+        reason = "not a JSON object"
+    if not isinstance(value, dict):
+        raise UserError(f"TF_CONFIG is {reason}.",
+                        'Set it to {"cluster": {"worker": ["host1:port", "host2:port"]}, '
+                        '"task": {"type": "worker", "index": 0}} (this machine\'s index), or unset it.')
+    return value
 
 
 def feature_cache_dir() -> Path:

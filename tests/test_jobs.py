@@ -8,6 +8,7 @@ import errno
 import functools
 import os
 import signal
+import sys
 import time
 
 import pytest
@@ -17,7 +18,7 @@ from core.errors import UserError
 from core.training.jobs import JobManager
 from core.training.progress import FileProgress, Progress, RunProgress
 from core.training.runs import Run
-from core.training.worker import Worker, exit_reason
+from core.training.worker import Worker, exit_reason, pinned_environment
 
 TIMEOUT = 60
 
@@ -347,3 +348,74 @@ def test_the_next_worker_warms_up_after_the_job_not_while_it_runs(manager, make_
     worker = manager.warm_worker()
     assert worker is not None and worker.is_alive() and worker.wait_ready(TIMEOUT) is not None
     assert worker.pid != job.run.status()["worker_pid"]
+
+
+# --- GPU pinning: with several workers, job slot i gets GPU i mod count ----------------
+
+def record_environment(run, progress):
+    """Write the GPUs the worker was given (and whether anything loaded TensorFlow before
+    the job), then wait for `release` like `blocking`."""
+    run.write_json("environment.json", {"cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                                         "tensorflow_loaded": "tensorflow" in sys.modules})
+    blocking(run, progress)
+
+
+def test_pinned_environment_gives_slot_i_gpu_i_mod_count():
+    assert [pinned_environment(slot, ["0", "1"]) for slot in range(3)] == [
+        {"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}, {"CUDA_VISIBLE_DEVICES": "0"}]
+    assert pinned_environment(1, ["GPU-5e1c"]) == {"CUDA_VISIBLE_DEVICES": "GPU-5e1c"}
+    assert pinned_environment(2, []) == {}  # no GPU: the worker keeps the server's environment
+
+
+@pytest.mark.parametrize("value, expected", [
+    (None, None), ("", []), ("-1", []), ("2,3", ["2", "3"]), (" 2, 3 ,", ["2", "3"]), ("1,-1,2", ["1"]),
+])
+def test_cuda_visible_devices_is_read_as_cuda_reads_it(monkeypatch, value, expected):
+    from core import settings
+
+    if value is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
+    assert settings.cuda_visible_devices() == expected
+
+
+def test_each_worker_is_pinned_to_a_free_gpu_before_its_imports(make_run, monkeypatch):
+    """The server sees GPUs 4 and 7 (its CUDA_VISIBLE_DEVICES); with two workers each job
+    runs on one of them, and a job queued while GPU 4 is busy gets GPU 7 when 7 frees,
+    even though the warm worker had been started for GPU 4."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,7")
+    manager = JobManager(workers=2, preload=())
+    try:
+        first, second = make_run(), make_run()
+        for run in (first, second):
+            manager.submit(run, record_environment)
+        wait_for(lambda: all((run.path / "started").exists() for run in (first, second)))
+        assert [run.read_json("environment.json") for run in (first, second)] == [
+            {"cuda": "4", "tensorflow_loaded": False}, {"cuda": "7", "tensorflow_loaded": False}]
+        (second.path / "release").touch()
+        wait_for(lambda: second.status()["status"] == "finished" and len(manager.running()) == 1)
+        third = make_run()
+        manager.submit(third, record_environment)
+        wait_for(lambda: (third.path / "started").exists())
+        assert third.read_json("environment.json")["cuda"] == "7"  # GPU 4 is still the first job's
+        for run in (first, third):
+            (run.path / "release").touch()
+        assert manager.wait(TIMEOUT)
+        assert [run.status()["status"] for run in (first, second, third)] == ["finished"] * 3
+    finally:
+        manager.close()
+
+
+def test_one_worker_sees_every_gpu_the_server_sees(make_run, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,7")  # read when the worker is spawned
+    fresh = JobManager(workers=1, preload=())
+    try:
+        run = make_run()
+        fresh.submit(run, record_environment)
+        wait_for(lambda: (run.path / "started").exists())
+        assert run.read_json("environment.json")["cuda"] == "4,7"  # MirroredStrategy trains on both
+        (run.path / "release").touch()
+        assert fresh.wait(TIMEOUT)
+    finally:
+        fresh.close()

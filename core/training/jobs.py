@@ -6,7 +6,9 @@ server's process at all. One `JobManager` per server process (the UI keeps it in
 `st.cache_resource`) queues jobs first in, first out, and runs up to `workers` of
 them at once (`$TL_WORKERS`, default 1), each in its own spawned worker process
 (see `core.training.worker` for why). It keeps one warm worker ready, started
-before it is needed, and starts the next while a job runs.
+before it is needed, and starts the next while a job runs. With more than one worker
+on a machine with GPUs, job slot i runs on GPU i mod count (`worker.pinned_environment`);
+the server itself only lists the GPUs (which takes no GPU memory).
 
 The manager owns the status of the runs it queued (the run folder records this
 process), so a restarted server reads them as interrupted. A worker records its
@@ -29,7 +31,7 @@ from core import settings
 from core.errors import UserError
 from core.training.progress import RunProgress
 from core.training.runs import ACTIVE_STATUSES, FAILED, QUEUED, RUNNING, STOPPED, Run
-from core.training.worker import PRELOAD, Worker, exit_reason
+from core.training.worker import PRELOAD, Worker, exit_reason, pinned_environment
 
 JOB_QUEUED = "queued"
 JOB_RUNNING = "running"
@@ -52,6 +54,7 @@ class Job:
         self.state = JOB_QUEUED
         self.error: str | None = None
         self.worker: Worker | None = None
+        self.slot: int | None = None  # which of the manager's `workers` slots runs it
         self.killed = False
 
     @property
@@ -62,12 +65,31 @@ class Job:
         return f"Job({self.run_id!r}, state={self.state!r})"
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs this process may hand to workers, as `CUDA_VISIBLE_DEVICES` names them: its
+    own `$CUDA_VISIBLE_DEVICES` list when set, else TensorFlow's physical GPUs by index.
+    Listing physical devices creates no GPU context and takes no GPU memory."""
+    visible = settings.cuda_visible_devices()
+    if visible is not None:
+        return visible
+    import tensorflow as tf  # only here: the server imports TensorFlow when it has several workers
+
+    return [str(index) for index in range(len(tf.config.list_physical_devices("GPU")))]
+
+
 class JobManager:
     """Runs submitted jobs, first in first out, `workers` at a time, each in a fresh
-    worker process that imported `preload` before it was needed."""
+    worker process that imported `preload` before it was needed.
 
-    def __init__(self, workers: int | None = None, preload: tuple[str, ...] = PRELOAD):
+    `gpus` (default: `visible_gpus()` when `workers` > 1, else none) are the GPU ids the
+    job slots are pinned to, slot i to GPU i mod count; with none, workers see what the
+    server sees.
+    """
+
+    def __init__(self, workers: int | None = None, preload: tuple[str, ...] = PRELOAD,
+                 gpus: list[str] | None = None):
         self.workers = workers or settings.workers()
+        self._gpus = list(gpus) if gpus is not None else (visible_gpus() if self.workers > 1 else [])
         self._preload = tuple(preload)
         self._cond = threading.Condition()
         self._queue: deque[Job] = deque()
@@ -181,24 +203,40 @@ class JobManager:
 
     # inside
 
+    def _free_slots(self) -> list[int]:
+        taken = {job.slot for job in self._running.values()}
+        return [slot for slot in range(self.workers) if slot not in taken]
+
     def _keep_warm(self) -> None:
-        """Have a live worker waiting (caller holds the lock). Called at start-up, when a job
-        is dispatched and when the last running job ends, never while a job runs: a worker's
-        start-up (importing TensorFlow, several CPU seconds) would take them from the job."""
+        """Have a live worker waiting (caller holds the lock), started for the first free
+        slot, or, when all are busy, for the slot of the job that started first. Called at
+        start-up, when a job is dispatched and when the last running job ends, never while
+        a job runs: a worker's start-up (importing TensorFlow, several CPU seconds) would
+        take them from the job."""
         if not self._closed and (self._warm is None or not self._warm.is_alive()):
-            self._warm = Worker(self._preload)
+            free = self._free_slots()
+            slot = free[0] if free else next(iter(self._running.values())).slot
+            self._warm = Worker(self._preload, pinned_environment(slot, self._gpus), slot)
 
     def _dispatch(self) -> None:
         while True:
+            retired = None
             with self._cond:
                 self._cond.wait_for(lambda: self._closed or (self._queue and len(self._running) < self.workers))
                 if self._closed:
                     return
                 self._keep_warm()
+                slot = self._free_slots()[0]
+                if self._warm.environment != pinned_environment(slot, self._gpus):
+                    retired, self._warm = self._warm, None  # warmed for a GPU that is still busy
+                    self._keep_warm()
                 job, worker = self._queue.popleft(), self._warm
                 self._warm = None
-                job.state, job.worker = JOB_RUNNING, worker
+                worker.slot = slot
+                job.state, job.worker, job.slot = JOB_RUNNING, worker, slot
                 self._running[job.run_id] = job
+            if retired is not None:
+                threading.Thread(target=retired.retire, name="retire-worker", daemon=True).start()
             self._start(job)
 
     def _start(self, job: Job) -> None:

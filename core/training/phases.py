@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,6 @@ import tensorflow as tf
 from core.config import TrainConfig
 from core.data.array_store import ArrayStore, make_key
 from core.data.datasets import ImageData
-from core.errors import UserError
 from core.model import build as model_lib
 from core.training import feature_cache
 
@@ -38,37 +36,9 @@ class Stopped(Exception):
     """The user stopped the job before anything was trained."""
 
 
-def refuse_multi_worker() -> None:
-    """Raise UserError when TF_CONFIG asks for training across machines.
-
-    `tf.distribute.MultiWorkerMirroredStrategy` cannot run Keras 3's `fit` or
-    `evaluate` with two or more workers (Keras 3.15, TF 2.21); both fail inside Keras,
-    whatever the data or model:
-    - `_maybe_symbolic_build` (keras/src/backend/tensorflow/trainer.py) passes the first
-      batch, an (x, y) tuple of PerReplica values, to `strategy.reduce("MEAN", ...,
-      axis=None)`, which takes no nest; across workers it reaches `convert_to_tensor`:
-      "ValueError: Attempt to convert a value (PerReplica:{...}) ... to a Tensor";
-    - past that, `reduce_per_replica(..., reduction="auto")` in every train and test
-      step does `strategy.reduce("MEAN", v, axis=0)` on the scalar losses and metrics:
-      "Invalid reduction dimension 0 for input with 0 dimensions".
-    Known upstream: keras-team/keras#20585 (TensorFlow's multi-worker Keras tutorial
-    fails), tensorflow/tensorflow#72388. A single worker's TF_CONFIG is refused too:
-    it would train alone while the user expects a cluster.
-    """
-    if os.environ.get("TF_CONFIG"):
-        raise UserError(
-            "Training across machines (TF_CONFIG is set) is not supported: Keras 3's fit and evaluate "
-            "fail under tf.distribute.MultiWorkerMirroredStrategy with more than one worker "
-            "(keras-team/keras#20585).",
-            "Unset TF_CONFIG and train on one machine; several GPUs in that machine are used together "
-            "(MirroredStrategy).",
-        )
-
-
 def select_strategy(devices: list[str] | None = None) -> tf.distribute.Strategy:
     """Mirrored over several local GPUs (or the given devices), otherwise the default
-    strategy. Raises UserError when TF_CONFIG is set (see `refuse_multi_worker`)."""
-    refuse_multi_worker()
+    strategy. Training across machines is `core.training.distributed`'s (the CLI's)."""
     if devices:
         return tf.distribute.MirroredStrategy(devices)
     if len(tf.config.list_logical_devices("GPU")) > 1:

@@ -17,6 +17,10 @@ Design, all from the standard library's `multiprocessing` with the "spawn" conte
   history, models and status, `progress.json` (`FileProgress`) and the stop file that
   `progress.stop_requested` reads, so the server, a second server, the CLI and a
   restarted server read the same truth. The pipe carries only the job itself.
+- With `TL_WORKERS=N` above 1 on a machine with GPUs, worker slot i is pinned to GPU
+  i mod count (`pinned_environment`): `CUDA_VISIBLE_DEVICES` is set in the worker's
+  environment before it imports TensorFlow, so each job has its device to itself. One
+  worker (the default) sees every GPU and trains on all of them (MirroredStrategy).
 - The worker dies with its parent (a thread waits on the parent's sentinel), so a
   server killed mid-run leaves its runs interrupted, not trained on by an orphan; and
   it ignores SIGINT, so Ctrl-C in the CLI stops the job after its batch instead.
@@ -87,17 +91,29 @@ def exit_reason(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
+def pinned_environment(slot: int, gpus: list[str]) -> dict[str, str]:
+    """The environment worker slot `slot` starts with to have one GPU of `gpus` (ids or
+    UUIDs, as `CUDA_VISIBLE_DEVICES` takes them) to itself: GPU `slot mod len(gpus)`.
+    {} without GPUs (the worker keeps the server's environment)."""
+    return {"CUDA_VISIBLE_DEVICES": gpus[slot % len(gpus)]} if gpus else {}
+
+
 class Worker:
     """One spawned worker process, warming up (importing `preload`) until it is sent a job.
 
+    `environment` is set in the worker's `os.environ` before it imports anything of
+    `preload` (TensorFlow reads `CUDA_VISIBLE_DEVICES` when it first looks for GPUs);
+    `slot` is the job slot it was started for (see `pinned_environment`).
     `send(run, payload)` hands it the job (`payload`: a pickled `fn(run, progress)`);
     `retire()` ends a worker that was never used.
     """
 
-    def __init__(self, preload: tuple[str, ...] = PRELOAD):
+    def __init__(self, preload: tuple[str, ...] = PRELOAD, environment: dict[str, str] | None = None, slot: int = 0):
         self.created = time.monotonic()
+        self.environment, self.slot = dict(environment or {}), slot
         self._connection, child = CONTEXT.Pipe()
-        self.process = CONTEXT.Process(target=serve, args=(child, tuple(preload)), name="tl-worker", daemon=True)
+        self.process = CONTEXT.Process(target=serve, args=(child, tuple(preload), self.environment),
+                                       name="tl-worker", daemon=True)
         with _without_main_script():
             self.process.start()
         child.close()
@@ -135,8 +151,11 @@ class Worker:
             self.process.join()
 
 
-def serve(connection, preload: tuple[str, ...]) -> None:
-    """The worker's main: import `preload`, say ready, run the one job sent, exit."""
+def serve(connection, preload: tuple[str, ...], environment: dict[str, str] | None = None) -> None:
+    """The worker's main: set `environment`, import `preload`, say ready, run the one job
+    sent, exit. Nothing this module imports loads TensorFlow, so `environment` is in
+    place before it is."""
+    os.environ.update(environment or {})
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent()
     started = time.monotonic()
