@@ -123,6 +123,7 @@ class StageClock:
     """A `Progress` that adds up wall time per kind of stage the job reports."""
 
     KINDS = (("reading images", "decode"), ("loading data", "decode"), ("(validation)", "backbone (validation)"),
+             ("(test)", "backbone (test)"),
              ("extracting", "augmentation + backbone (views)"), ("training", "head training"))
 
     def __init__(self):

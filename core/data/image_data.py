@@ -5,10 +5,12 @@ build one without importing the others.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.data.array_store import take_rows
 from core.data.images import SkippedFile
 from core.errors import UserError
 
@@ -26,6 +28,9 @@ class ImageData:
     digests: {split: [SHA-1 of each image's file bytes]} (folder sources only).
     ignored: hidden and tool folders left out of a folder source.
     duplicates: validation/test images that copy training images (`core.data.leakage.Duplicate`).
+    allocate: `allocate(shape, dtype)` gives a new array (a memory map of the decoded-image
+        cache's entry being written, see `core.data.image_cache.load`) for `keep` to copy
+        kept rows into; None: in memory.
     """
 
     class_names: list[str]
@@ -38,6 +43,7 @@ class ImageData:
     digests: dict[str, list[str]] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
     duplicates: list = field(default_factory=list)
+    allocate: Callable[[tuple, str], np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def source(self, split: str, index: int) -> str:
         """Where image `index` of `split` came from (its file, else "split #index")."""
@@ -47,7 +53,12 @@ class ImageData:
     def keep(self, split: str, mask: np.ndarray) -> None:
         """Keep only the rows of `split` where the boolean `mask` is true (images, labels, sources, digests)."""
         images, labels = self.splits[split]
-        self.splits[split] = (images[mask], labels[mask])
+        if self.allocate is None:
+            self.splits[split] = (images[mask], labels[mask])
+        else:  # block by block into a new array: the split is never in memory whole
+            rows = np.flatnonzero(mask)
+            self.splits[split] = (take_rows(images, rows, self.allocate((len(rows), *images.shape[1:]), images.dtype)),
+                                  labels[mask])
         for per_split in (self.sources, self.digests):
             if split in per_split:
                 per_split[split] = [value for value, kept in zip(per_split[split], mask) if kept]
