@@ -29,7 +29,7 @@ from queue import Queue
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.benchmark_training import DATA, SIZE, use_shared_weights  # noqa: E402
+from benchmarks.benchmark_training import DATA, SIZE, use_shared_weights
 
 CHUNK = 64
 

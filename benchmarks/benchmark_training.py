@@ -274,6 +274,7 @@ def scale(count: int) -> dict:
     from core.training.progress import Progress
 
     data_dir = make_scale_dataset(count)
+    before = peak_memory_mb()  # TensorFlow and Keras imported, the JPEGs written: the fixed cost so far
     os.environ["TL_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-cache-")
     config = RunConfig(data=DataConfig(source="folder", name=str(data_dir), image_size=SIZE))
     run = runs.Run.create(Path(tempfile.mkdtemp(prefix="bench-runs-")), config)
@@ -283,7 +284,8 @@ def scale(count: int) -> dict:
         shutil.rmtree(data_dir, ignore_errors=True)
         shutil.rmtree(os.environ["TL_CACHE_DIR"], ignore_errors=True)
     train = count - (count + 4) // 5
-    return {"images": count, "head_seconds": seconds, "seconds_per_image": seconds / train}
+    return {"images": count, "head_seconds": seconds, "seconds_per_image": seconds / train,
+            "peak_memory_before_job_mb": before}
 
 
 def measure(name: str, quick: bool, scale_images: int = SCALE_IMAGES) -> dict:

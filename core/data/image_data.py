@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.data.array_store import take_rows
+from core.data.array_store import read_rows, take_rows
 from core.data.images import SkippedFile
 from core.errors import UserError
 
@@ -91,17 +91,52 @@ class ImageData:
         }
 
     def tf_dataset(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0):
-        """A batched tf.data pipeline of (float32 images in [0, 255], int32 labels)."""
-        import tensorflow as tf
-
+        """A batched tf.data pipeline of (float32 images in [0, 255], int32 labels); see `images_dataset`."""
         images, labels = self.splits[split]
-        dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+        return images_dataset(images, labels, batch_size, shuffle, seed)
+
+
+def images_dataset(images: np.ndarray, labels: np.ndarray | None, batch_size: int, shuffle: bool = False,
+                   seed: int = 0):
+    """A batched, prefetched tf.data pipeline of float32 images (N, H, W, 3) in [0, 255]
+    (with their int32 labels unless `labels` is None), shuffled each epoch if asked.
+
+    A memory map (the decoded-image cache's splits) is read batch by batch with
+    `read_rows` (file reads: no page of the map stays resident), so a split larger
+    than memory streams; an in-memory array is sliced by `from_tensor_slices`. Both
+    give the same batches in the same order for a seed (tf.data's shuffle depends on
+    the seed and the number of elements only).
+    """
+    import tensorflow as tf
+
+    cast = (lambda x, y: (tf.cast(x, tf.float32), y)) if labels is not None else (lambda x: tf.cast(x, tf.float32))
+    if not isinstance(images, np.memmap):
+        dataset = tf.data.Dataset.from_tensor_slices((images, labels) if labels is not None else images)
         if shuffle:
-            dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-        dataset = dataset.batch(batch_size).map(
-            lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE
-        )
-        return dataset.prefetch(tf.data.AUTOTUNE)
+            dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        return dataset.batch(batch_size).map(cast, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    labels = None if labels is None else np.asarray(labels, dtype=np.int32)
+
+    def rows(index: np.ndarray):
+        if len(index) and index[-1] - index[0] == len(index) - 1 and (np.diff(index) == 1).all():
+            batch = read_rows(images, int(index[0]), int(index[-1]) + 1)  # in order: one read
+        else:
+            batch = np.stack([read_rows(images, int(i), int(i) + 1)[0] for i in index]) if len(index) else \
+                np.zeros((0, *images.shape[1:]), images.dtype)
+        return (batch, labels[index]) if labels is not None else batch
+
+    def load(index):
+        if labels is None:
+            batch = tf.numpy_function(rows, [index], tf.uint8)
+            return tf.ensure_shape(batch, (None, *images.shape[1:]))
+        batch, batch_labels = tf.numpy_function(rows, [index], (tf.uint8, tf.int32))
+        return tf.ensure_shape(batch, (None, *images.shape[1:])), tf.ensure_shape(batch_labels, (None,))
+
+    dataset = tf.data.Dataset.range(len(images))
+    if shuffle:
+        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.map(cast, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def check_usable(data: ImageData) -> None:
