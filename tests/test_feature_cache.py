@@ -293,24 +293,38 @@ def test_loaded_splits_are_memory_maps_of_the_cache_equal_to_an_in_memory_load(t
     # Only the splits are kept: the staging array and the split replaced by the drop are not.
     (entry,) = image_cache.store().entries()
     assert len(list(entry[0].glob("*.npy"))) == 6
+    # The full path streams a memory-mapped split batch by batch: the same batches, in the same order.
+    streamed = list(cached.tf_dataset("train", 5, shuffle=True, seed=3))
+    in_memory = list(fresh.tf_dataset("train", 5, shuffle=True, seed=3))
+    assert len(streamed) == len(in_memory) == 3  # 12 training images
+    for (x, y), (x_mem, y_mem) in zip(streamed, in_memory):
+        assert x.dtype == tf.float32
+        np.testing.assert_array_equal(x, x_mem)
+        np.testing.assert_array_equal(y, y_mem)
 
 
 def test_decoding_into_the_cache_never_holds_the_dataset_in_memory(tmp_path, monkeypatch):
-    noisy_jpegs(tmp_path / "root" / "photos", 120, size=64)
     monkeypatch.setenv("TL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(images_module, "DECODE_CHUNK", 8)
     monkeypatch.setattr(array_store, "BLOCK_ROWS", 8)
-    config = DataConfig(source="folder", name="photos", image_size=64)
-    datasets._CACHE.clear()
-    tracemalloc.start()
-    try:
-        data = datasets.load_cached(config, tmp_path / "root")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    dataset_bytes = 120 * 64 * 64 * 3  # 1.5 MB: NumPy reports its buffers to tracemalloc
-    assert sum(len(labels) for _, labels in data.splits.values()) == 120
-    assert peak < dataset_bytes / 3, f"peak {peak} bytes traced for a {dataset_bytes}-byte dataset"
+
+    def peak_bytes(count: int) -> int:
+        """Peak memory traced (NumPy reports its buffers to tracemalloc) while decoding `count` 64 px JPEGs."""
+        noisy_jpegs(tmp_path / str(count) / "photos", count, size=64)
+        datasets._CACHE.clear()
+        tracemalloc.start()
+        try:
+            data = datasets.load_cached(DataConfig(source="folder", name="photos", image_size=64), tmp_path / str(count))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert sum(len(labels) for _, labels in data.splits.values()) == count
+        return peak
+
+    peak_bytes(20)  # one-time costs (first decodes, imports) out of the way
+    small, large = peak_bytes(60), peak_bytes(240)
+    more_data = (240 - 60) * 64 * 64 * 3  # 2.2 MB more pixels
+    assert large - small < more_data / 4, f"peak {small} -> {large} bytes for {more_data} more bytes of images"
 
 
 # ---- "features cached" before Start ------------------------------------------------------------------------------
@@ -330,7 +344,8 @@ def test_the_page_probe_says_cached_after_a_head_job_with_the_same_settings(tmp_
 
     # A second head run (other head settings) computes nothing, the test split's features included,
     # and its test score is the saved model's on the test images (features stored as float16).
-    second_config = RunConfig(**{**vars(config), "model": ModelConfig(backbone="MobileNet", dropout=0.5)})
+    second_config = RunConfig(**{**vars(config), "model": ModelConfig(backbone="MobileNet", dropout=0.5),
+                                 "head": TrainConfig(epochs=1, views=1)})
     second = runs.Run.create(tmp_path / "runs", second_config)
     head = workflow.head_job(second, Progress())["head"]
     assert head["feature_cache"] == {"read": 3, "computed": 0}
