@@ -213,7 +213,7 @@ def ours(data_dir: Path = DATA, quick: bool = False) -> dict:
     tuned, fine_tune_seconds = timed(workflow.fine_tune_job, run, Progress(), Path("/"))
     tuned = tuned["fine_tune"]
     model, classes = workflow.load_run_model(run)
-    images, labels, _ = load_labelled(data_dir / "validation", classes, SIZE)
+    images, labels, _ = load_labelled(data_dir / "validation", classes, SIZE, Path("/"))  # --quick: links into ../shared
     result = {
         "head_seconds": head_seconds,
         "fine_tune_seconds": fine_tune_seconds,
