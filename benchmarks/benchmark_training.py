@@ -123,6 +123,7 @@ class StageClock:
     """A `Progress` that adds up wall time per kind of stage the job reports."""
 
     KINDS = (("reading images", "decode"), ("loading data", "decode"), ("(validation)", "backbone (validation)"),
+             ("(test)", "backbone (test)"),
              ("extracting", "augmentation + backbone (views)"), ("training", "head training"))
 
     def __init__(self):
@@ -212,7 +213,7 @@ def ours(data_dir: Path = DATA, quick: bool = False) -> dict:
     tuned, fine_tune_seconds = timed(workflow.fine_tune_job, run, Progress(), Path("/"))
     tuned = tuned["fine_tune"]
     model, classes = workflow.load_run_model(run)
-    images, labels, _ = load_labelled(data_dir / "validation", classes, SIZE)
+    images, labels, _ = load_labelled(data_dir / "validation", classes, SIZE, Path("/"))  # --quick: links into ../shared
     result = {
         "head_seconds": head_seconds,
         "fine_tune_seconds": fine_tune_seconds,
@@ -273,6 +274,7 @@ def scale(count: int) -> dict:
     from core.training.progress import Progress
 
     data_dir = make_scale_dataset(count)
+    before = peak_memory_mb()  # TensorFlow and Keras imported, the JPEGs written: the fixed cost so far
     os.environ["TL_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-cache-")
     config = RunConfig(data=DataConfig(source="folder", name=str(data_dir), image_size=SIZE))
     run = runs.Run.create(Path(tempfile.mkdtemp(prefix="bench-runs-")), config)
@@ -282,7 +284,8 @@ def scale(count: int) -> dict:
         shutil.rmtree(data_dir, ignore_errors=True)
         shutil.rmtree(os.environ["TL_CACHE_DIR"], ignore_errors=True)
     train = count - (count + 4) // 5
-    return {"images": count, "head_seconds": seconds, "seconds_per_image": seconds / train}
+    return {"images": count, "head_seconds": seconds, "seconds_per_image": seconds / train,
+            "peak_memory_before_job_mb": before}
 
 
 def measure(name: str, quick: bool, scale_images: int = SCALE_IMAGES) -> dict:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from core import config as config_io
 from core.config import DEFAULT_FINE_TUNE, RunConfig, TrainConfig
@@ -74,9 +75,10 @@ def _stoppable(job):
 def head_job(run: Run, progress, data_root: Path | None = None) -> dict:
     """Build the model from the run's config and train its head (backbone frozen).
 
-    On the fast path the features come from the feature cache where they match;
-    when the config also asks for fine-tuning, the activations at its cut are
-    stored there in the same pass, for `fine_tune_job` (in this process or another).
+    On the fast path the features come from the feature cache where they match
+    (the test split's too, for the evaluation at the end); when the config also
+    asks for fine-tuning, the activations at its cut are stored there in the same
+    pass, for `fine_tune_job` (in this process or another).
     """
     config, data = _data(run, progress, data_root)
     run.write_json(CLASSES_FILE, data.class_names)
@@ -88,6 +90,7 @@ def head_job(run: Run, progress, data_root: Path | None = None) -> dict:
             model, data, config.head, "head", batch_size=config.data.batch_size, seed=config.seed,
             progress=progress, on_epoch=run.append_history, keep_cut=_fine_tune_cut(model, config),
             probe=feature_cache.probe_of(config), log_dir=tensorboard_dir(run),
+            held_out=_held_out(data),
         )
     if config.head.epochs == 0:  # explicit override: fine-tune on an untrained head
         run.log("head: 0 epochs asked for; the untrained head is saved as it is.")
@@ -199,15 +202,21 @@ def sweep_job(run: Run, progress, data_root: Path | None = None, trials: int = 2
 def _head_features(config: RunConfig, data: ImageData, progress):
     """(model, frozen part, training views, validation) for head training with `config`,
     the features from the feature cache (stored in the same pass: the activations at
-    the fine-tuning cut, as `head_job` does)."""
+    the fine-tuning cut and the test split's features, as `head_job` does)."""
     keras.utils.set_random_seed(config.seed)
     model = build_model(config.model, data.num_classes, config.data.image_size,
                         build_augmentation(config.augment, seed=config.seed))
     cut = _fine_tune_cut(model, config)
     part = training.frozen_part(model, set_trainable(model, None), cut)
     views, val, _ = training.cached_outputs(model, part, data, config.head.views, config.seed, keep_cut=cut,
-                                            probe=feature_cache.probe_of(config), progress=progress)
+                                            probe=feature_cache.probe_of(config), progress=progress,
+                                            held_out=_held_out(data))
     return model, part, views, val
+
+
+def _held_out(data: ImageData) -> tuple[str, ...]:
+    """The splits besides train and validation whose features a head run caches: test, when it has images."""
+    return ("test",) if len(data.splits["test"][1]) else ()
 
 
 def tensorboard_dir(run: Run) -> Path:
@@ -254,6 +263,10 @@ def _finish_phase(run: Run, model: keras.Model, data: ImageData, result: trainin
                   config: TrainConfig, progress=None, extra: dict | None = None) -> dict:
     """Save the phase's models, evaluate on the test split and record the metrics.
 
+    The test split is scored by the trained part on its cached inputs when the phase
+    cached them (`PhaseResult.held_out`; float16 features, as validation's), else by
+    the whole model on the images.
+
     A diverged phase (NaN loss) keeps its best epoch, if any, and fails with a message.
     """
     if result.nan_epoch is not None:
@@ -296,7 +309,12 @@ def _finish_phase(run: Run, model: keras.Model, data: ImageData, result: trainin
     if len(test_labels):
         if progress is not None:
             progress.update(stage="evaluating on the test split")
-        scores = evaluation.evaluate(model, test_images, test_labels, data.class_names)
+        cached = result.held_out.get("test")
+        if cached is not None and len(cached) == 1:  # the head's input from the feature cache: no backbone pass
+            scores = evaluation.evaluate(result.trained, np.asarray(cached[0], dtype="float32"), test_labels,
+                                         data.class_names)
+        else:
+            scores = evaluation.evaluate(model, test_images, test_labels, data.class_names)
         summary.update(test_accuracy=scores["accuracy"], test_loss=scores["loss"])
     metrics = {**run.read_json("metrics.json", default={}), **(extra or {}), result.phase: summary}
     run.write_json("metrics.json", metrics)

@@ -7,18 +7,23 @@ MobileNet alpha 0.25 weights from ../shared: the smallest real pretrained base.
 """
 import os
 import time
+import tracemalloc
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 from tensorflow.compat.v1.train import summary_iterator
 
 from core import workflow
 from core.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
-from core.data import datasets, image_cache
+from core.data import array_store, datasets, image_cache
+from core.data import images as images_module
 from core.data.array_store import TMP_PREFIX, ArrayStore
 from core.model.augmentation import build_augmentation
+from core.results import evaluation
 from core.model.build import build_model, set_trainable
 from core.training import feature_cache, runs
 from core.training import phases as training
@@ -209,6 +214,119 @@ def test_decoded_images_are_read_back_from_disk_until_a_file_changes(tmp_path, m
     assert len(decoded) == 2
 
 
+# ---- streaming: decoding in chunks straight into the cache, splits as memory maps ---------------------------------
+
+def noisy_jpegs(folder, count, size=40, seed=0):
+    """`count` noisy JPEGs in two class folders under `folder` (decoded exactly as stored)."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index in range(count):
+        path = folder / ("warm" if index % 2 else "cool") / f"{index:03d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path, quality=90)
+        paths.append(str(path))
+    return paths
+
+
+def test_decoding_in_chunks_writes_chunk_by_chunk_the_same_bits_as_one_chunk(tmp_path, monkeypatch):
+    paths = noisy_jpegs(tmp_path / "images", 30)
+    (tmp_path / "images" / "cool" / "broken.jpg").write_bytes(b"not a jpeg")
+    paths.insert(11, str(tmp_path / "images" / "cool" / "broken.jpg"))
+    writes = []
+    real_write = images_module.write_rows
+    monkeypatch.setattr(images_module, "write_rows", lambda out, start, rows: writes.append((start, len(rows)))
+                        or real_write(out, start, rows))
+    with ArrayStore(tmp_path / "store").writer("k") as writer:
+        chunked = images_module.decode_images(paths, 32, writer.array("0", (31, 32, 32, 3), "uint8"), chunk=8)
+    assert writes == [(0, 8), (8, 8), (16, 8), (24, 7)]  # never more than a chunk in memory
+    whole = images_module.decode_images(paths, 32, np.zeros((31, 32, 32, 3), "uint8"), chunk=1000)
+    stored = ArrayStore(tmp_path / "store").get("k").arrays["0"]
+    assert isinstance(stored, np.memmap)
+    np.testing.assert_array_equal(stored[chunked.kept], whole.images[whole.kept])  # bit-identical
+    assert chunked.kept == whole.kept == [i for i in range(31) if i != 11]
+    assert [s.path for s in chunked.skipped] == [paths[11]] and chunked.digests == whole.digests
+
+
+def test_a_decode_that_dies_half_way_leaves_nothing_to_read(tmp_path, monkeypatch):
+    noisy_jpegs(tmp_path / "root" / "photos", 30)
+    monkeypatch.setenv("TL_CACHE_DIR", str(tmp_path / "cache"))
+    config = DataConfig(source="folder", name="photos", image_size=32)
+    real_load, calls = images_module._load, []
+
+    def dies_at_the_twentieth(*args):
+        calls.append(1)
+        if len(calls) == 20:
+            raise MemoryError("the worker was killed")
+        return real_load(*args)
+
+    monkeypatch.setattr(images_module, "_load", dies_at_the_twentieth)
+    monkeypatch.setattr(images_module, "DECODE_CHUNK", 8)
+    datasets._CACHE.clear()
+    with pytest.raises(MemoryError):
+        datasets.load_cached(config, tmp_path / "root")
+    assert image_cache.store().entries() == []  # the chunks written before are never read
+    assert list(image_cache.store().root.iterdir()) == []  # nor left behind
+    monkeypatch.setattr(images_module, "_load", real_load)
+    data = datasets.load_cached(config, tmp_path / "root")
+    assert sum(len(labels) for _, labels in data.splits.values()) == 30
+
+
+def test_loaded_splits_are_memory_maps_of_the_cache_equal_to_an_in_memory_load(tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    for split, count in (("train", 12), ("validation", 8)):
+        noisy_jpegs(root / "photos" / split, count, seed=count)
+    copy = root / "photos" / "validation" / "cool" / "copy.jpg"
+    copy.write_bytes((root / "photos" / "train" / "cool" / "000.jpg").read_bytes())  # leaks: dropped below
+    monkeypatch.setenv("TL_CACHE_DIR", str(tmp_path / "cache"))
+    config = DataConfig(source="folder", name="photos", image_size=32, drop_duplicates=True)
+    datasets._CACHE.clear()
+    cached = datasets.load_cached(config, root)
+    fresh = datasets.load(config, root)  # in memory
+    assert any("Dropped 1" in note for note in cached.notes)
+    cache_dir = image_cache.store().root.resolve()
+    for split in ("train", "validation", "test"):
+        images, labels = cached.splits[split]
+        assert isinstance(images, np.memmap) and not images.flags.writeable  # not an in-memory array
+        assert Path(images.filename).resolve().is_relative_to(cache_dir)
+        np.testing.assert_array_equal(images, fresh.splits[split][0])
+        np.testing.assert_array_equal(labels, fresh.splits[split][1])
+    # Only the splits are kept: the staging array and the split replaced by the drop are not.
+    (entry,) = image_cache.store().entries()
+    assert len(list(entry[0].glob("*.npy"))) == 6
+    # The full path streams a memory-mapped split batch by batch: the same batches, in the same order.
+    streamed = list(cached.tf_dataset("train", 5, shuffle=True, seed=3))
+    in_memory = list(fresh.tf_dataset("train", 5, shuffle=True, seed=3))
+    assert len(streamed) == len(in_memory) == 3  # 12 training images
+    for (x, y), (x_mem, y_mem) in zip(streamed, in_memory):
+        assert x.dtype == tf.float32
+        np.testing.assert_array_equal(x, x_mem)
+        np.testing.assert_array_equal(y, y_mem)
+
+
+def test_decoding_into_the_cache_never_holds_the_dataset_in_memory(tmp_path, monkeypatch):
+    monkeypatch.setenv("TL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(images_module, "DECODE_CHUNK", 8)
+    monkeypatch.setattr(array_store, "BLOCK_ROWS", 8)
+
+    def peak_bytes(count: int) -> int:
+        """Peak memory traced (NumPy reports its buffers to tracemalloc) while decoding `count` 64 px JPEGs."""
+        noisy_jpegs(tmp_path / str(count) / "photos", count, size=64)
+        datasets._CACHE.clear()
+        tracemalloc.start()
+        try:
+            data = datasets.load_cached(DataConfig(source="folder", name="photos", image_size=64), tmp_path / str(count))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert sum(len(labels) for _, labels in data.splits.values()) == count
+        return peak
+
+    peak_bytes(20)  # one-time costs (first decodes, imports) out of the way
+    small, large = peak_bytes(60), peak_bytes(240)
+    more_data = (240 - 60) * 64 * 64 * 3  # 2.2 MB more pixels
+    assert large - small < more_data / 4, f"peak {small} -> {large} bytes for {more_data} more bytes of images"
+
+
 # ---- "features cached" before Start ------------------------------------------------------------------------------
 
 def test_the_page_probe_says_cached_after_a_head_job_with_the_same_settings(tmp_path, monkeypatch):
@@ -219,10 +337,23 @@ def test_the_page_probe_says_cached_after_a_head_job_with_the_same_settings(tmp_
     assert not feature_cache.head_features_cached(config, data)
     run = runs.Run.create(tmp_path / "runs", config)
     metrics = workflow.head_job(run, Progress())
-    assert metrics["head"]["feature_cache"] == {"read": 0, "computed": 2}
+    assert metrics["head"]["feature_cache"] == {"read": 0, "computed": 3}  # view 1, validation, test
     assert feature_cache.head_features_cached(config, data)
     other = RunConfig(**{**vars(config), "augment": AugmentConfig(flip="vertical")})
     assert not feature_cache.head_features_cached(other, data)
+
+    # A second head run (other head settings) computes nothing, the test split's features included,
+    # and its test score is the saved model's on the test images (features stored as float16).
+    second_config = RunConfig(**{**vars(config), "model": ModelConfig(backbone="MobileNet", dropout=0.5),
+                                 "head": TrainConfig(epochs=1, views=1)})
+    second = runs.Run.create(tmp_path / "runs", second_config)
+    head = workflow.head_job(second, Progress())["head"]
+    assert head["feature_cache"] == {"read": 3, "computed": 0}
+    model, classes = workflow.load_run_model(second)
+    test_images, test_labels = data.splits["test"]
+    on_images = evaluation.evaluate(model, np.asarray(test_images), test_labels, classes)
+    assert abs(head["test_loss"] - on_images["loss"]) < 0.01
+    assert abs(head["test_accuracy"] - on_images["accuracy"]) <= 1 / len(test_labels)
 
     # TensorBoard: Keras' callback wrote the epoch metrics into the run directory.
     tags = {}

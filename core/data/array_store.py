@@ -9,11 +9,19 @@ into place in one step, so a half-written entry is never read: a writer that
 dies leaves only a `.tmp-*` folder, which readers ignore and `evict` removes.
 Reading an entry touches its `meta.json`; eviction removes the entries touched
 longest ago until the store fits its bound.
+
+Streaming: `read_rows` and `write_rows` move a block of rows between memory and
+a whole-file memory map with one file read or write (`numpy.fromfile`,
+`os.pwrite`), so the pages go through the page cache without being mapped into
+this process: walking or filling an array larger than memory keeps the
+process's resident memory (RSS) at one block. `row_blocks` walks an array that
+way and `take_rows` gathers chosen rows into another array block by block.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import time
@@ -30,6 +38,8 @@ META_FILE = "meta.json"
 TMP_PREFIX = ".tmp-"
 #: A temporary folder older than this (seconds) belongs to a dead writer.
 STALE_TMP_SECONDS = 3600.0
+#: Rows per block of the streaming helpers (256 images of 160 px: about 20 MB).
+BLOCK_ROWS = 256
 
 
 def make_key(fields: dict) -> str:
@@ -75,17 +85,18 @@ class ArrayStore:
     @contextmanager
     def writer(self, key: str, meta: dict | None = None) -> Iterator[Writer]:
         """Write entry `key`: `writer.array(name, shape, dtype)` gives a writable memory
-        map to fill. On leaving the block without an exception the entry appears at
+        map to fill (with `write_rows`, block by block, to stay out of resident memory);
+        `writer.meta` may be added to until the block ends. On leaving the block without an exception the entry appears at
         once (atomic rename); on an exception nothing appears. If another writer
         published the same key first, its entry is kept and ours is discarded."""
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f"{TMP_PREFIX}{key}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
-        writer = Writer(tmp)
+        writer = Writer(tmp, meta)
         try:
             yield writer
             writer.flush()
-            (tmp / META_FILE).write_text(json.dumps({**(meta or {}), "arrays": list(writer.arrays)}))
+            (tmp / META_FILE).write_text(json.dumps({**writer.meta, "arrays": list(writer.arrays)}))
             try:
                 tmp.rename(self.path(key))
             except OSError:
@@ -100,7 +111,7 @@ class ArrayStore:
         """Store in-memory `arrays` as entry `key` and return it, memory-mapped."""
         with self.writer(key, meta) as writer:
             for name, array in arrays.items():
-                writer.array(name, array.shape, array.dtype)[...] = array
+                writer.copy(name, array)
         return self.get(key) or Entry(key, dict(arrays), dict(meta or {}))
 
     def entries(self) -> list[tuple[Path, float, int]]:
@@ -148,10 +159,11 @@ class ArrayStore:
 
 
 class Writer:
-    """The arrays of an entry being written (see `ArrayStore.writer`)."""
+    """The arrays and meta dict of an entry being written (see `ArrayStore.writer`)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, meta: dict | None = None):
         self.folder = folder
+        self.meta = dict(meta or {})
         self.arrays: dict[str, np.memmap] = {}
 
     def array(self, name: str, shape: tuple[int, ...], dtype) -> np.memmap:
@@ -160,9 +172,101 @@ class Writer:
                                         shape=tuple(shape))
         return self.arrays[name]
 
+    def copy(self, name: str, values: np.ndarray, block_bytes: int = 64 << 20) -> np.memmap:
+        """A new array `name` holding `values` (copied block by block, see `write_rows`)."""
+        out = self.array(name, values.shape, values.dtype)
+        if values.ndim == 0:
+            out[...] = values
+            return out
+        size = max(1, block_bytes // max(_row_bytes(values), 1))
+        for start, block in row_blocks(values, size):
+            write_rows(out, start, block)
+        return out
+
+    def discard(self, name: str) -> None:
+        """Leave array `name` out of the entry (its file is removed; open maps stay readable)."""
+        self.arrays.pop(name)
+        (self.folder / f"{name}.npy").unlink(missing_ok=True)
+
     def flush(self) -> None:
         for array in self.arrays.values():
             array.flush()
+
+
+def _whole_file_map(array: np.ndarray) -> bool:
+    """Whether `array` is a whole `.npy` memory map (not a slice of one), so its rows lie
+    in its file from `array.offset` on, in C order."""
+    return (isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap) and bool(array.filename)
+            and array.flags.c_contiguous)
+
+
+def _row_bytes(array: np.ndarray) -> int:
+    return int(np.prod(array.shape[1:], dtype=np.int64)) * array.dtype.itemsize
+
+
+def read_rows(array: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Rows `start:stop` of `array` (any shape, rows on axis 0) as a new in-memory array.
+
+    A whole-file memory map (`ArrayStore.get`, `Writer.array`) is read with one file
+    read (`numpy.fromfile`), so none of its pages stay mapped in this process; any
+    other array is sliced and copied.
+    """
+    start, stop = max(0, start), min(len(array), stop)
+    if stop <= start or not _whole_file_map(array):
+        return np.array(array[start:stop])
+    rows = np.fromfile(array.filename, dtype=array.dtype, count=(stop - start) * _row_bytes(array) // array.dtype.itemsize,
+                       offset=array.offset + start * _row_bytes(array))
+    return rows.reshape((stop - start, *array.shape[1:]))
+
+
+def write_rows(array: np.ndarray, start: int, values: np.ndarray) -> None:
+    """Set rows `start:start + len(values)` of `array` to `values` (cast to its dtype).
+
+    A whole-file writable memory map is written with `os.pwrite`, so the pages go to
+    the page cache and the file without being mapped into this process; any other
+    array is assigned to.
+    """
+    if not len(values):
+        return
+    if not (_whole_file_map(array) and array.mode in ("r+", "w+")):
+        array[start:start + len(values)] = values
+        return
+    if start < 0 or start + len(values) > len(array) or np.shape(values)[1:] != array.shape[1:]:
+        raise ValueError(f"rows {start}:{start + len(values)} of shape {np.shape(values)[1:]} do not fit "
+                         f"an array of shape {array.shape}")
+    data = np.ascontiguousarray(values, dtype=array.dtype)
+    fd = os.open(array.filename, os.O_WRONLY)
+    try:
+        view, offset = memoryview(data).cast("B"), array.offset + start * _row_bytes(array)
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view, offset = view[written:], offset + written
+    finally:
+        os.close(fd)
+
+
+def row_blocks(array: np.ndarray, size: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, rows start:start+size as an in-memory copy) over `array`, via `read_rows`;
+    `size` defaults to `BLOCK_ROWS`."""
+    size = size or BLOCK_ROWS
+    for start in range(0, len(array), size):
+        yield start, read_rows(array, start, start + size)
+
+
+def take_rows(source: np.ndarray, rows: np.ndarray, out: np.ndarray, size: int | None = None) -> np.ndarray:
+    """Fill `out` with `source[rows]` (rows: int indices, in any order), `size` rows at a
+    time (default `BLOCK_ROWS`), reading each block's span of `source` with `read_rows`.
+    Returns `out`."""
+    rows, size = np.asarray(rows, dtype=np.int64), size or BLOCK_ROWS
+    for start in range(0, len(rows), size):
+        chosen = rows[start:start + size]
+        low, high = int(chosen.min()), int(chosen.max()) + 1
+        if high - low <= 4 * len(chosen):  # nearby rows: one read of their span
+            block = read_rows(source, low, high)[chosen - low]
+        else:
+            block = np.stack([read_rows(source, int(i), int(i) + 1)[0] for i in chosen])
+        write_rows(out, start, block)
+    return out
 
 
 def _folder_bytes(folder: Path) -> int:

@@ -21,6 +21,7 @@ import numpy as np
 
 from core import settings
 from core.config import DataConfig
+from core.data.array_store import row_blocks
 from core.data.image_data import ImageData
 from core.errors import UserError
 
@@ -102,7 +103,7 @@ def apply(data: ImageData, corrections: tuple[Correction, ...]) -> ImageData:
     excluded = relabelled = 0
     found: set[str] = set()
     for split, (images, labels) in data.splits.items():
-        keys = [image_key(image) for image in images]
+        keys = [image_key(image) for _, block in row_blocks(images) for image in block]
         keep = np.ones(len(keys), dtype=bool)
         labels = labels.copy()
         for i, key in enumerate(keys):

@@ -19,6 +19,7 @@ import numpy as np
 from core import settings
 from core.config import DataConfig
 from core.data import corrections, demo_data, files, image_cache, leakage
+from core.data.array_store import take_rows
 from core.data.image_data import (  # noqa: F401 (re-exported)
     IMBALANCE_RATIO,
     SPLITS,
@@ -26,7 +27,7 @@ from core.data.image_data import (  # noqa: F401 (re-exported)
     check_usable,
     class_counts_table,
 )
-from core.data.images import SkippedFile, count_by_reason, load_images
+from core.data.images import SkippedFile, count_by_reason, decode_images
 from core.data.scanning import scan_folder
 from core.data.tfds_source import load_tfds
 from core.errors import UserError
@@ -35,31 +36,46 @@ from core.errors import UserError
 CARVED_TEST_SHARE = 0.2
 
 Progress = Callable[[int, int], None]
+#: `allocate(shape, dtype)` -> a new array to fill (see `ImageData.allocate`).
+Allocate = Callable[[tuple, str], np.ndarray]
+
+
+def in_memory(shape: tuple, dtype: str) -> np.ndarray:
+    """The default `Allocate`: `np.empty`."""
+    return np.empty(shape, dtype)
 
 
 
 
-def load(config: DataConfig, root: Path | None = None, progress: Progress | None = None) -> ImageData:
+def load(config: DataConfig, root: Path | None = None, progress: Progress | None = None,
+         allocate: Allocate | None = None) -> ImageData:
     """Load the dataset `config` describes, then look for leakage between its splits.
 
     `root` confines the folder source (defaults to `settings.data_root()`): the
     chosen folder and every link inside it must stay under it. The demo and zip
-    sources live in the cache and are confined to their own folder.
+    sources live in the cache and are confined to their own folder. `allocate`
+    gives the arrays the folder sources decode into (default: memory); with memory
+    maps the images stream from the files to disk in chunks (`decode_images`), so a
+    dataset larger than memory loads (the TFDS source decodes into memory).
 
     Raises:
         UserError: the data cannot be used (its message names the cause and what was found).
     """
     root = Path(root or settings.data_root())
     if config.source == "demo":
-        data = load_folder(demo_data.ensure_demo_dataset(), config, progress, description="Built-in demo: shapes")
+        data = load_folder(demo_data.ensure_demo_dataset(), config, progress, description="Built-in demo: shapes",
+                           allocate=allocate)
     elif config.source == "folder":
-        data = load_folder(files.resolve_under_root(root, config.name), config, progress, root=root)
+        data = load_folder(files.resolve_under_root(root, config.name), config, progress, root=root,
+                           allocate=allocate)
     elif config.source == "zip":
-        data = load_folder(extract_zip(Path(config.name)), config, progress, description=f"Uploaded {Path(config.name).name}")
+        data = load_folder(extract_zip(Path(config.name)), config, progress,
+                           description=f"Uploaded {Path(config.name).name}", allocate=allocate)
     elif config.source == "tfds":
         data = load_tfds(config, progress)
     else:
         raise UserError(f"Unknown data source {config.source!r}.", "Use demo, tfds, folder or zip.")
+    data.allocate = allocate
     if config.test_folder:
         replace_test_split(data, files.resolve_under_root(root, config.test_folder), config.image_size, root)
     data = corrections.apply(data, config.corrections)
@@ -80,8 +96,9 @@ def load(config: DataConfig, root: Path | None = None, progress: Progress | None
 
 
 def replace_test_split(data: ImageData, folder: Path, image_size: int, root: Path | None = None) -> None:
-    """Use the images in `folder` as the test split (see `load_labelled`)."""
-    images, labels, skipped, paths, digests = _labelled(folder, data.class_names, image_size, root)
+    """Use the images in `folder` as the test split (see `load_labelled`), decoded into
+    arrays from `data.allocate`."""
+    images, labels, skipped, paths, digests = _labelled(folder, data.class_names, image_size, root, data.allocate)
     data.splits["test"] = (images, labels)
     data.sources["test"], data.digests["test"] = paths, digests
     data.skipped += skipped
@@ -101,7 +118,8 @@ def load_labelled(folder: Path, class_names: list[str], image_size: int, root: P
     return _labelled(folder, class_names, image_size, root)[:3]
 
 
-def _labelled(folder: Path, class_names: list[str], image_size: int, root: Path | None):
+def _labelled(folder: Path, class_names: list[str], image_size: int, root: Path | None,
+              allocate: Allocate | None = None):
     scan = scan_folder(Path(folder), root)
     classes = scan.layout.get("test") or scan.layout.get("validation") or scan.layout["all"]
     unknown = sorted(set(classes) - set(class_names))
@@ -112,8 +130,11 @@ def _labelled(folder: Path, class_names: list[str], image_size: int, root: Path 
         )
     paths = [str(p) for paths in classes.values() for p in paths]
     labels = np.asarray([class_names.index(name) for name, paths in classes.items() for _ in paths], "int32")
-    loaded = load_images(paths, image_size)
-    return (loaded.images, labels[loaded.kept], scan.skipped + loaded.skipped,
+    loaded = _decode(paths, image_size, allocate)
+    images = loaded.images
+    if len(loaded.kept) < len(paths):
+        images = take_rows(images, loaded.kept, (allocate or in_memory)((len(loaded.kept), *images.shape[1:]), "uint8"))
+    return (images, labels[loaded.kept], scan.skipped + loaded.skipped,
             [paths[i] for i in loaded.kept], loaded.digests)
 
 
@@ -133,7 +154,7 @@ def load_cached(config: DataConfig, root: Path | None = None, progress: Progress
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
-    data = image_cache.load(identity, lambda: load(config, root=root, progress=progress))
+    data = image_cache.load(identity, lambda allocate: load(config, root=root, progress=progress, allocate=allocate))
     with _CACHE_LOCK:
         _CACHE[key] = data
         while len(_CACHE) > CACHE_SIZE:
@@ -189,10 +210,13 @@ def extract_zip(archive: Path, cache_dir: Path | None = None) -> Path:
 
 
 def load_folder(folder: Path, config: DataConfig, progress: Progress | None = None, description: str = "",
-                root: Path | None = None) -> ImageData:
+                root: Path | None = None, allocate: Allocate | None = None) -> ImageData:
     """Load `folder` in either layout (see `core.data.scanning.scan_folder`), decode and split it.
 
     Links that resolve outside `root` (default: `folder`) are skipped and reported.
+    The files are decoded in chunks into one staging array from `allocate` (default:
+    memory), then each split's rows are copied block by block into an array of its
+    own (`take_rows`); with memory maps no split is ever in memory whole.
 
     Raises:
         UserError: fewer than two classes with images, a class too small for the
@@ -218,7 +242,7 @@ def load_folder(folder: Path, config: DataConfig, progress: Progress | None = No
             labels += [index[name]] * len(class_files)
             groups += [split] * len(class_files)
 
-    loaded = load_images([str(p) for p in paths], config.image_size, progress=progress)
+    loaded = _decode([str(p) for p in paths], config.image_size, allocate, progress)
     skipped += loaded.skipped
     labels_kept = np.asarray(labels, dtype="int32")[loaded.kept]
     groups_kept = np.asarray(groups)[loaded.kept]
@@ -237,7 +261,9 @@ def load_folder(folder: Path, config: DataConfig, progress: Progress | None = No
     splits, sources, split_digests = {}, {}, {}
     for split in SPLITS:
         chosen = np.flatnonzero(assignment == split)
-        splits[split] = (loaded.images[chosen], labels_kept[chosen])
+        rows = np.asarray(loaded.kept, dtype=np.int64)[chosen]
+        images = take_rows(loaded.images, rows, (allocate or in_memory)((len(rows), *loaded.images.shape[1:]), "uint8"))
+        splits[split] = (images, labels_kept[chosen])
         sources[split], split_digests[split] = kept_paths[chosen].tolist(), digests[chosen].tolist()
     data = ImageData(
         class_names=class_names,
@@ -252,6 +278,12 @@ def load_folder(folder: Path, config: DataConfig, progress: Progress | None = No
     )
     check_usable(data)
     return data
+
+
+def _decode(paths: list[str], image_size: int, allocate: Allocate | None, progress: Progress | None = None):
+    """`decode_images` of `paths` into a staging array from `allocate` (all rows; see `LoadedImages.kept`)."""
+    staging = (allocate or in_memory)((len(paths), image_size, image_size, 3), "uint8")
+    return decode_images(paths, image_size, staging, progress=progress)
 
 
 def _listing(items: list[str], shown: int = 5) -> str:

@@ -14,19 +14,20 @@ the split is stored; the feature cache keys on it.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import weakref
 from collections.abc import Callable
 
 import numpy as np
 
 from core import settings
-from core.data.array_store import ArrayStore, make_key
+from core.data.array_store import ArrayStore, make_key, row_blocks
 from core.data.image_data import SPLITS, ImageData
 from core.data.images import SkippedFile
 from core.data.leakage import Duplicate
 
 #: Bump when the stored layout or decoding changes, so old entries are not read.
-FORMAT = 2
+FORMAT = 3
 
 _DIGESTS: dict[int, tuple[weakref.ref, str]] = {}
 
@@ -47,8 +48,8 @@ def content_digest(images: np.ndarray, labels: np.ndarray) -> str:
         return known[1]
     digest = hashlib.blake2b(digest_size=16)
     digest.update(repr((images.shape, str(images.dtype))).encode())
-    for start in range(0, len(images), 1024):  # chunks: a memory map is never read whole
-        digest.update(np.ascontiguousarray(images[start:start + 1024]).data)
+    for _, block in row_blocks(images):  # blocks read from the file: a memory map never stays resident
+        digest.update(block.data)
     digest.update(np.ascontiguousarray(labels, dtype="int32").data)
     _remember(images, digest.hexdigest())
     return _DIGESTS[id(images)][1]
@@ -59,8 +60,16 @@ def _remember(images: np.ndarray, digest: str) -> None:
     _DIGESTS[key] = (weakref.ref(images, lambda _: _DIGESTS.pop(key, None)), digest)
 
 
-def load(identity: dict, decode: Callable[[], ImageData]) -> ImageData:
-    """The dataset `identity` names, read from the cache, else `decode()`d and stored.
+def load(identity: dict, decode: Callable[[Callable[[tuple, str], np.ndarray]], ImageData]) -> ImageData:
+    """The dataset `identity` names, read from the cache, else `decode(allocate)`d and stored.
+
+    On a miss the entry is written as it is decoded: `decode` receives
+    `allocate(shape, dtype)`, which gives new writable memory maps inside the
+    entry being written, and decodes the images into them chunk by chunk (see
+    `core.data.datasets.load_folder`); arrays it made but no split uses (the
+    decoding's staging array, splits replaced by `ImageData.keep`) are dropped, and
+    splits it built in memory (TFDS) are copied in. The entry appears only when
+    complete (`ArrayStore.writer`: a half-written entry is never read).
 
     Args:
         identity: JSON-able fields that determine the decoded images (the data
@@ -73,28 +82,45 @@ def load(identity: dict, decode: Callable[[], ImageData]) -> ImageData:
     cache = store()
     key = make_key({"format": FORMAT, **identity})
     entry = cache.get(key)
-    if entry is None:
-        data = decode()
-        arrays, digests = {}, {}
+    if entry is not None:
+        return _image_data(entry.arrays, entry.meta)
+    with cache.writer(key) as writer:
+        names = itertools.count()
+
+        def allocate(shape: tuple, dtype: str) -> np.ndarray:
+            return writer.array(f"a{next(names)}", shape, dtype)
+
+        data = decode(allocate)
+        data.allocate = None
+        made = {id(array): name for name, array in writer.arrays.items()}
+        splits, digests = {}, {}
         for split in SPLITS:
             images, labels = data.splits[split]
-            arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
+            images_name = made.get(id(images))
+            if images_name is None:  # built in memory (the TFDS source)
+                images_name = f"a{next(names)}"
+                writer.copy(images_name, images)
+            labels_name = f"a{next(names)}"
+            writer.copy(labels_name, np.asarray(labels, dtype="int32"))
+            splits[split] = [images_name, labels_name]
             digests[split] = content_digest(images, labels)
-        meta = {
-            "class_names": data.class_names, "description": data.description,
+        for name in set(made.values()) - {name for pair in splits.values() for name in pair}:
+            writer.discard(name)
+        writer.meta.update({
+            "splits": splits, "class_names": data.class_names, "description": data.description,
             "skipped": [[s.path, s.reason] for s in data.skipped],
             "image_sizes": [list(size) for size in data.image_sizes], "notes": data.notes, "digests": digests,
             "sources": data.sources, "file_digests": data.digests,
             "duplicates": [duplicate.to_dict() for duplicate in data.duplicates],
-        }
-        entry = cache.put(key, arrays, meta)
-    return _image_data(entry.arrays, entry.meta)
+        })
+    entry = cache.get(key)
+    return data if entry is None else _image_data(entry.arrays, entry.meta)  # None: larger than the cache's bound
 
 
 def _image_data(arrays: dict[str, np.ndarray], meta: dict) -> ImageData:
     splits = {}
     for split in SPLITS:
-        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        images, labels = (arrays[name] for name in meta["splits"][split])
         _remember(images, meta["digests"][split])
         splits[split] = (images, labels)
     return ImageData(

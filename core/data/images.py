@@ -27,6 +27,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
+from core.data.array_store import write_rows
 from core.errors import UserError
 
 #: File name suffixes treated as images (lower case; matching ignores case).
@@ -34,6 +35,9 @@ IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".
 
 #: Default limit on width x height, checked before decoding (decompression bombs).
 MAX_PIXELS = 40_000_000
+
+#: Files decoded per chunk by `decode_images` (about 20 MB of 160 px images in memory).
+DECODE_CHUNK = 256
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 
@@ -132,10 +136,11 @@ def load_images(
     max_pixels: int = MAX_PIXELS,
     progress: Callable[[int, int], None] | None = None,
 ) -> LoadedImages:
-    """Load many image files in parallel, resized to (size, size).
+    """Load many image files in parallel, resized to (size, size), into memory.
 
     Never raises for a bad file: it is reported in `skipped` with its reason.
-    Rows of `images` keep the input order.
+    Rows of `images` keep the input order. For data larger than memory, use
+    `decode_images` into a memory map.
 
     Args:
         paths: image files to load.
@@ -146,28 +151,60 @@ def load_images(
         progress: called as `progress(done, total)` after each file, from the
             calling thread.
     """
-    total = len(paths)
-    images = np.empty((total, size, size, 3), dtype=np.uint8)
+    images = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    loaded = decode_images(paths, size, images, workers=workers, max_pixels=max_pixels, progress=progress)
+    if len(loaded.kept) < len(paths):
+        loaded.images = images[loaded.kept]
+    return loaded
+
+
+def decode_images(
+    paths: Sequence[str | os.PathLike],
+    size: int,
+    out: np.ndarray,
+    chunk: int | None = None,
+    workers: int | None = None,
+    max_pixels: int = MAX_PIXELS,
+    progress: Callable[[int, int], None] | None = None,
+) -> LoadedImages:
+    """Decode `paths` into `out` (len(paths), size, size, 3) uint8, `chunk` files at a time
+    (default `DECODE_CHUNK`).
+
+    Each chunk is decoded in parallel into a buffer of its own and written to rows
+    `i:i + chunk` of `out` with `core.data.array_store.write_rows`, so a memory map
+    of any size is filled with `chunk` images in memory at a time; the bytes written
+    do not depend on `chunk`. Row i holds file i; the rows of skipped files are left
+    unwritten. Never raises for a bad file (see `load_images`).
+
+    Returns a `LoadedImages` whose `images` is `out` (all rows, not only the kept).
+    """
+    total, chunk = len(paths), max(1, chunk or DECODE_CHUNK)
     sizes: dict[int, tuple[int, int]] = {}
     digests: dict[int, str] = {}
     reasons: dict[int, str] = {}
+    done = 0
 
-    def load_into(index: int) -> None:
+    def load_into(buffer: np.ndarray, row: int, index: int) -> None:
         try:
-            images[index], sizes[index], digests[index] = _load(paths[index], size, max_pixels)
+            buffer[row], sizes[index], digests[index] = _load(paths[index], size, max_pixels)
         except ImageError as error:
             reasons[index] = error.reason
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(load_into, index) for index in range(total)]
-        for done, future in enumerate(as_completed(futures), start=1):
-            future.result()
-            if progress is not None:
-                progress(done, total)
+        for start in range(0, total, chunk):
+            stop = min(start + chunk, total)
+            buffer = np.zeros((stop - start, size, size, 3), dtype=np.uint8)
+            futures = [pool.submit(load_into, buffer, index - start, index) for index in range(start, stop)]
+            for future in as_completed(futures):
+                future.result()
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+            write_rows(out, start, buffer)
 
     kept = sorted(sizes)
     return LoadedImages(
-        images=images if len(kept) == total else images[kept],
+        images=out,
         kept=kept,
         sizes=[sizes[index] for index in kept],
         digests=[digests[index] for index in kept],

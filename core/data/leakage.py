@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
+from core.data.array_store import row_blocks
 from core.data.image_data import ImageData
 
 #: Hamming distance (of 64 bits) up to which two difference hashes count as near-identical.
@@ -50,35 +51,40 @@ def find_duplicates(data: ImageData) -> list[Duplicate]:
     """Validation and test images that duplicate a training image, per the module's three kinds.
 
     Cost: one 9x8 thumbnail per image and an (evaluation x train) XOR of 64-bit
-    hashes; a few milliseconds per thousand images.
+    hashes; a few milliseconds per thousand images. The images are read block by
+    block (`row_blocks`) and each block of evaluation images is compared with all
+    training hashes at once, so memory stays bounded whatever the dataset's size.
     """
     train_images, _ = data.splits["train"]
     if not len(train_images):
         return []
-    train_pixels = {_pixel_key(image): i for i, image in reversed(list(enumerate(train_images)))}
+    train_pixels: dict[bytes, int] = {}
+    for start, block in row_blocks(train_images):
+        for offset, image in enumerate(block):
+            train_pixels.setdefault(_pixel_key(image), start + offset)
     train_digests = {d: i for i, d in reversed(list(enumerate(data.digests.get("train", []))))}
     train_hashes, train_flat = _dhashes(train_images)
     found = []
     for split in EVALUATION_SPLITS:
         images, _ = data.splits[split]
-        if not len(images):
-            continue
         digests = data.digests.get(split, [])
-        hashes, flat = _dhashes(images)
-        distances = np.bitwise_count(hashes[:, None] ^ train_hashes[None, :])
-        distances[flat] = 64
-        distances[:, train_flat] = 64
-        for index, image in enumerate(images):
-            if index < len(digests) and digests[index] in train_digests:
-                match, kind = train_digests[digests[index]], "byte-identical"
-            elif (key := _pixel_key(image)) in train_pixels:
-                match, kind = train_pixels[key], "pixel-identical"
-            elif distances[index].min() <= NEAR_BITS:
-                match, kind = int(distances[index].argmin()), "near-identical"
-            else:
-                continue
-            found.append(Duplicate(split, index, data.source(split, index), match, data.source("train", match),
-                                   kind, int(distances[index, match])))
+        for start, block in row_blocks(images):  # (block x train) distances: memory stays bounded
+            hashes, flat = _dhashes(block)
+            distances = np.bitwise_count(hashes[:, None] ^ train_hashes[None, :])
+            distances[flat] = 64
+            distances[:, train_flat] = 64
+            for offset, image in enumerate(block):
+                index = start + offset
+                if index < len(digests) and digests[index] in train_digests:
+                    match, kind = train_digests[digests[index]], "byte-identical"
+                elif (key := _pixel_key(image)) in train_pixels:
+                    match, kind = train_pixels[key], "pixel-identical"
+                elif distances[offset].min() <= NEAR_BITS:
+                    match, kind = int(distances[offset].argmin()), "near-identical"
+                else:
+                    continue
+                found.append(Duplicate(split, index, data.source(split, index), match, data.source("train", match),
+                                       kind, int(distances[offset, match])))
     return found
 
 
@@ -109,11 +115,12 @@ def _pixel_key(image: np.ndarray) -> bytes:
 
 
 def _dhashes(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """64-bit difference hashes (uint64) of (N, H, W, 3) uint8 images, and which are flat."""
+    """64-bit difference hashes (uint64) of (N, H, W, 3) uint8 images, and which are flat.
+    Reads `images` block by block (`row_blocks`)."""
     thumbs = np.stack([
         np.asarray(Image.fromarray(image).convert("L").resize((9, 8), Image.Resampling.BILINEAR), dtype=np.int16)
-        for image in images
-    ])
+        for _, block in row_blocks(images) for image in block
+    ]) if len(images) else np.zeros((0, 8, 9), np.int16)
     bits = (thumbs[:, :, 1:] > thumbs[:, :, :-1]).reshape(len(images), 64)
     hashes = np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
     flat = (thumbs.max(axis=(1, 2)) - thumbs.min(axis=(1, 2))) < FLAT_RANGE

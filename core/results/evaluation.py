@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.data.image_data import images_dataset
 from core.errors import UserError
 
 #: Probabilities are clipped to [EPSILON, 1] before taking a log (Keras' epsilon).
@@ -44,9 +45,12 @@ def predict_probabilities(model, images_or_dataset, batch_size: int = 64) -> np.
     """Run `model` on raw images (N, S, S, 3) or a tf.data dataset; return (N, C) probabilities.
 
     A dataset yields (images, labels) batches; Keras ignores the labels and
-    uses the dataset's own batching.
+    uses the dataset's own batching. A memory map (a split of the decoded-image
+    cache) streams through `core.data.image_data.images_dataset`.
     """
-    if isinstance(images_or_dataset, np.ndarray):
+    if isinstance(images_or_dataset, np.memmap):  # read batch by batch, never whole
+        logits = model.predict(images_dataset(images_or_dataset, None, batch_size), verbose=0)
+    elif isinstance(images_or_dataset, np.ndarray):
         logits = model.predict(images_or_dataset, batch_size=batch_size, verbose=0)
     else:
         logits = model.predict(images_or_dataset, verbose=0)

@@ -5,7 +5,8 @@ the random augmentation drawn for them, so it is stored once and read by any
 run (in any process) whose key matches: pooled backbone features ("bottleneck
 features", the head's input) and the activations entering fine-tuning's first
 unfrozen layer ("the cut"), for every stored augmented view of the training
-split and for the validation split.
+split and for the validation split (and the test split, keyed the same way, so
+evaluating a trained head on it does not run the backbone again).
 
 An entry's key holds everything that determines it: which output (features, or
 the activations at cut N), a digest of the frozen layers' weights (so the
@@ -135,12 +136,14 @@ class Context:
 
 
 def context(model: keras.Model, backbone: keras.Model, cuts: list[int | None], data: ImageData, seed: int,
-            augmentation: keras.Layer | None, pooling: str, probe: dict | None = None) -> Context:
+            augmentation: keras.Layer | None, pooling: str, probe: dict | None = None,
+            held_out: tuple[str, ...] = ()) -> Context:
     """The `Context` of `model` (whose `backbone` is frozen below each of `cuts`; None
-    = the whole backbone, for pooled features) on `data`'s train and validation splits."""
+    = the whole backbone, for pooled features) on `data`'s train and validation splits
+    and the `held_out` ones (e.g. "test", keyed like validation)."""
     frozen = {output_name(cut): weights_digest(backbone.layers if cut is None else backbone.layers[:cut])
               for cut in cuts}
-    splits = {split: content_digest(*data.splits[split]) for split in ("train", "validation")}
+    splits = {split: content_digest(*data.splits[split]) for split in ("train", "validation", *held_out)}
     return Context(frozen, backbone.name, int(data.splits["train"][0].shape[1]), pooling, splits,
                    augment_text(augmentation), seed, probe)
 
@@ -169,7 +172,7 @@ def probe_of(run_config: RunConfig) -> dict:
 
 def head_features_cached(run_config: RunConfig, data: ImageData, cache: ArrayStore | None = None) -> bool:
     """Whether every entry head training with `run_config` on `data` reads (each stored
-    view and validation) is in the cache, so the frozen backbone will not run.
+    view, validation and test) is in the cache, so the frozen backbone will not run.
 
     Matches the config-level probe stored with each entry (`Context.probe`): the
     backbone name, image size, pooling, weights setting, data content, augmentation,
@@ -178,11 +181,12 @@ def head_features_cached(run_config: RunConfig, data: ImageData, cache: ArraySto
     cache = cache or store()
     augment = augment_text(build_augmentation(run_config.augment, seed=run_config.seed))
     pooling = POOLING_LAYERS[run_config.model.pooling].__name__
+    unaugmented = ["validation"] + (["test"] if len(data.splits["test"][1]) else [])
     ctx = Context({}, "", run_config.data.image_size, pooling,
-                  {split: content_digest(*data.splits[split]) for split in ("train", "validation")},
+                  {split: content_digest(*data.splits[split]) for split in ("train", *unaugmented)},
                   augment, run_config.seed, probe_of(run_config))
     requests = [Request(FEATURES, "train", view) for view in range(run_config.head.views)]
-    requests.append(Request(FEATURES, "validation"))
+    requests += [Request(FEATURES, split) for split in unaugmented]
     wanted = {make_key(ctx.probe_fields(request)) for request in requests}
     stored = set()
     for folder, _, _ in cache.entries():

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from core.config import TrainConfig
-from core.data.array_store import ArrayStore, make_key
+from core.data.array_store import ArrayStore, make_key, read_rows, write_rows
 from core.data.datasets import ImageData
 from core.model import build as model_lib
 from core.training import feature_cache
@@ -62,6 +62,7 @@ class PhaseResult:
     trained: keras.Model | None = None
     weights: dict = field(default_factory=dict)  # "best" / "final" -> list of arrays
     cache: dict = field(default_factory=dict)  # "read" / "computed" -> labels of feature-cache entries
+    held_out: dict = field(default_factory=dict)  # split -> the trained part's inputs for it (fast path)
 
     @property
     def has_distinct_best(self) -> bool:
@@ -275,11 +276,11 @@ def extract(part: FrozenPart, images: np.ndarray, augment: bool, progress=None, 
     for index, start in enumerate(range(0, len(images), EXTRACT_BATCH)):
         if progress is not None and progress.stop_requested:
             raise Stopped
-        batch = [t.numpy() for t in run(tf.cast(images[start:start + EXTRACT_BATCH], tf.float32))]
+        batch = [t.numpy() for t in run(tf.cast(read_rows(images, start, start + EXTRACT_BATCH), tf.float32))]
         if outputs is None:
             outputs = allocate([((len(images), *t.shape[1:]), "float16") for t in batch])
         for out, t in zip(outputs, batch):
-            out[start:start + len(t)] = t
+            write_rows(out, start, t)
         if progress is not None:
             elapsed = time.perf_counter() - started
             progress.update(stage=f"extracting features {label}".strip(), batch=index + 1, batches=total,
@@ -290,7 +291,8 @@ def extract(part: FrozenPart, images: np.ndarray, augment: bool, progress=None, 
 
 def cached_outputs(model: keras.Model, part: FrozenPart, data: ImageData, views: int, seed: int, *,
                    keep_cut: int | None = None, probe: dict | None = None, progress=None,
-                   cache: ArrayStore | None = None) -> tuple[list[list[np.ndarray]], list[np.ndarray], dict]:
+                   cache: ArrayStore | None = None, held_out: tuple[str, ...] = ()
+                   ) -> tuple[list[list[np.ndarray]], list[np.ndarray], dict]:
     """The frozen part's outputs for `views` augmented views of the training images and for
     the validation images, read from the feature cache where their key matches and
     computed (and stored) where it does not.
@@ -304,8 +306,12 @@ def cached_outputs(model: keras.Model, part: FrozenPart, data: ImageData, views:
     `feature_cache.seed_view(seed, v)`. `probe` is stored with each entry (see
     `feature_cache.Context.probe`).
 
+    `held_out` names further unaugmented splits ("test") cached and keyed like
+    validation, so evaluating on them does not run the frozen part again.
+
     Returns (views: per view the list of arrays, validation: list of arrays,
-    report: {"read": [labels], "computed": [labels]}); arrays are memory maps.
+    report: {"read": [labels], "computed": [labels]}, plus "held_out": {split: list
+    of arrays} when `held_out` is given); arrays are memory maps.
     Raises `Stopped` when the progress asks to stop (nothing half-written is kept).
     """
     cache = cache or feature_cache.store()
@@ -316,17 +322,17 @@ def cached_outputs(model: keras.Model, part: FrozenPart, data: ImageData, views:
     parts = {names[0]: slice(0, 1), names[1]: slice(1, None)} if len(names) == 2 else {names[0]: slice(0, None)}
     augmentation = _augmentation(model)
     pooling = type(model.get_layer("pooling")).__name__
-    ctx = feature_cache.context(model, backbone, cuts, data, seed, augmentation, pooling, probe)
+    ctx = feature_cache.context(model, backbone, cuts, data, seed, augmentation, pooling, probe, held_out)
     report: dict = {"read": [], "computed": []}
     found: dict = {}
-    for split, view in [("train", v) for v in range(views)] + [("validation", None)]:
+    for split, view in [("train", v) for v in range(views)] + [(s, None) for s in ("validation", *held_out)]:
         requests = [feature_cache.Request(name, split, view) for name in names]
         entries = {request: cache.get(feature_cache.key(ctx, request)) for request in requests}
         missing = [request for request in requests if entries[request] is None]
         if missing:
             if view is not None:
                 feature_cache.reseed(augmentation, feature_cache.seed_view(seed, view))
-            label = f"(view {view + 1}/{views})" if view is not None else "(validation)"
+            label = f"(view {view + 1}/{views})" if view is not None else f"({split})"
             with contextlib.ExitStack() as stack:
                 writers = {request.output: stack.enter_context(cache.writer(
                     feature_cache.key(ctx, request),
@@ -341,6 +347,8 @@ def cached_outputs(model: keras.Model, part: FrozenPart, data: ImageData, views:
         if progress is not None and not missing:
             progress.update(stage=f"reading cached features ({split})")
         found[split, view] = entries[requests[0]]
+    if held_out:
+        report["held_out"] = {split: _arrays(found[split, None]) for split in held_out}
     return ([_arrays(found["train", v]) for v in range(views)], _arrays(found["validation", None]), report)
 
 
@@ -399,7 +407,7 @@ def _callbacks(config: TrainConfig, recorder: Recorder, log_dir: Path | None = N
 def train_phase(model: keras.Model, data: ImageData, config: TrainConfig, phase: str, *, batch_size: int = 32,
                 seed: int = 0, views_seed: int | None = None, epoch_offset: int = 0, progress=None, on_epoch=None,
                 keep_cut: int | None = None, probe: dict | None = None, log_dir: Path | None = None,
-                cache: ArrayStore | None = None) -> PhaseResult:
+                cache: ArrayStore | None = None, held_out: tuple[str, ...] = ()) -> PhaseResult:
     """Train one phase ("head" or "fine_tune") of `model` on `data`, in place.
 
     Freezes per `config.fine_tune_at`, recompiles, and trains for
@@ -409,8 +417,10 @@ def train_phase(model: keras.Model, data: ImageData, config: TrainConfig, phase:
     `views_seed`, default `seed`), computed only where no entry matches; head
     training with `keep_cut` also stores the activations at that cut for a later
     fine-tuning. `seed` shuffles the batches. With `log_dir`, Keras' TensorBoard
-    callback writes the epoch metrics there. The model is left with its final
-    weights; `PhaseResult.use_weights("best")` switches.
+    callback writes the epoch metrics there. On the fast path the frozen part's
+    outputs for the `held_out` splits (e.g. "test") are cached too and returned in
+    `PhaseResult.held_out`, the trained part's inputs for evaluating on them. The
+    model is left with its final weights; `PhaseResult.use_weights("best")` switches.
     Raises `Stopped` when stopped before training started.
     """
     started = time.perf_counter()
@@ -421,11 +431,14 @@ def train_phase(model: keras.Model, data: ImageData, config: TrainConfig, phase:
     batch_size = min(batch_size, len(labels))
 
     report: dict = {}
+    held: dict = {}
     if fast:
         keep_cut = keep_cut if start == len(model_lib.get_backbone(model).layers) else None
         part = frozen_part(model, start, keep_cut)
         views, val, report = cached_outputs(model, part, data, config.views, seed if views_seed is None else views_seed,
-                                            keep_cut=keep_cut, probe=probe, progress=progress, cache=cache)
+                                            keep_cut=keep_cut, probe=probe, progress=progress, cache=cache,
+                                            held_out=held_out)
+        held = report.pop("held_out", {})
         trained = part.trainable
         train_input = ViewSequence(views, labels, batch_size, seed, weights)
         val_input = tf.data.Dataset.from_tensor_slices(
@@ -451,7 +464,7 @@ def train_phase(model: keras.Model, data: ImageData, config: TrainConfig, phase:
                 epochs=epoch_offset + config.epochs, callbacks=_callbacks(config, recorder, log_dir), verbose=0)
     return PhaseResult(phase, recorder.path, recorder.records, time.perf_counter() - started, recorder.stopped,
                        initial, recorder.nan_epoch, trained,
-                       {"best": recorder.best_weights, "final": recorder.final_weights}, report)
+                       {"best": recorder.best_weights, "final": recorder.final_weights}, report, held)
 
 
 def _compile(trained: keras.Model, model: keras.Model, config: TrainConfig, num_classes: int) -> keras.Model:
