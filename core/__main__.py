@@ -24,7 +24,7 @@ USER_ERROR_EXIT = 2
 
 def summary(args: argparse.Namespace) -> dict:
     """Parameter counts and the layer table of a freshly built model."""
-    from core.model.build import build_model, count_params, layer_table, set_trainable
+    from core.model.build import build_model, count_params, layer_table
 
     model_config = ModelConfig(
         backbone=args.backbone,
@@ -32,9 +32,9 @@ def summary(args: argparse.Namespace) -> dict:
         pooling=args.pooling,
         hidden_units=args.hidden_units,
     )
-    model = build_model(model_config, args.classes, args.image_size)
-    set_trainable(model, args.fine_tune_at, args.freeze_batchnorm)
-    return {**count_params(model), "layers": layer_table(model)}
+    classifier = build_model(model_config, args.classes, args.image_size)
+    classifier.freeze(args.fine_tune_at, args.freeze_batchnorm)
+    return {**count_params(classifier.model), "layers": layer_table(classifier)}
 
 
 def _add_summary(commands) -> None:

@@ -28,10 +28,13 @@ from core.data.datasets import ImageData
 from core.data.report import REPORT_FILE, data_report
 from core.errors import UserError
 from core.model.augmentation import build_augmentation
-from core.model.build import build_model, first_trainable_index, get_backbone, set_trainable
+from core.model.build import build_model
+from core.model.classifier import Classifier
 from core.results import evaluation, export
 from core.training import feature_cache, lr_finder, runs, sweep
 from core.training import phases as training
+from core.training.fast_path import cached_outputs, frozen_part
+from core.training.progress import Stopped
 from core.training.runs import Run
 
 CLASSES_FILE = "classes.json"
@@ -63,7 +66,7 @@ def _stoppable(job):
     def run_job(run: Run, progress, data_root: Path | None = None, **kwargs) -> dict:
         try:
             return job(run, progress, data_root, **kwargs)
-        except training.Stopped:
+        except Stopped:
             run.log("Stopped before training started; nothing was saved.")
             return run.read_json("metrics.json", default={})
 
@@ -82,18 +85,19 @@ def head_job(run: Run, progress, data_root: Path | None = None) -> dict:
     run.write_json(CLASSES_FILE, data.class_names)
     keras.utils.set_random_seed(config.seed)
     with training.select_strategy().scope():
-        model = build_model(config.model, data.num_classes, config.data.image_size,
-                            build_augmentation(config.augment, seed=config.seed))
+        classifier = build_model(config.model, data.num_classes, config.data.image_size,
+                                 build_augmentation(config.augment, seed=config.seed))
         result = training.train_phase(
-            model, data, config.head, "head", batch_size=config.data.batch_size, seed=config.seed,
-            progress=progress, on_epoch=run.append_history, keep_cut=_fine_tune_cut(model, config),
+            classifier, data, config.head, "head", batch_size=config.data.batch_size, seed=config.seed,
+            progress=progress, on_epoch=run.append_history, fine_tune_cut=_fine_tune_cut(classifier, config),
             probe=feature_cache.probe_of(config), log_dir=tensorboard_dir(run),
         )
     if config.head.epochs == 0:  # explicit override: fine-tune on an untrained head
         run.log("head: 0 epochs asked for; the untrained head is saved as it is.")
         for kind in ("head", "final"):
-            run.save_model(model, kind)
-    return _finish_phase(run, model, data, result, config.head, progress, extra={"initial": result.initial})
+            run.save_model(classifier.model, kind)
+    return _finish_phase(run, classifier.model, data, result, config.head, progress,
+                         extra={"initial": result.initial})
 
 
 @_stoppable
@@ -112,7 +116,7 @@ def fine_tune_job(run: Run, progress, data_root: Path | None = None) -> dict:
     with training.select_strategy().scope():
         model = export.load_model_safe(run.model_path("final"))
         result = training.train_phase(
-            model, data, config.fine_tune, "fine_tune", batch_size=config.data.batch_size,
+            Classifier.from_keras(model), data, config.fine_tune, "fine_tune", batch_size=config.data.batch_size,
             seed=config.seed + 1, views_seed=config.seed, epoch_offset=offset, progress=progress,
             on_epoch=run.append_history, log_dir=tensorboard_dir(run),
         )
@@ -148,12 +152,12 @@ def lr_find_job(run: Run, progress, data_root: Path | None = None, phase: str = 
         if tune is None or not run.model_path("head").is_file():
             raise UserError(f"Run {run.id} has no trained head or no fine-tuning settings.",
                             "Train the head and choose the unfreeze point first.")
-        model = export.load_model_safe(run.model_path("head"))
-        part = training.frozen_part(model, set_trainable(model, tune.fine_tune_at, tune.freeze_batchnorm))
-        views = training.cached_outputs(model, part, data, tune.views, config.seed, progress=progress)[0]
+        classifier = Classifier.from_keras(export.load_model_safe(run.model_path("head")))
+        part = frozen_part(classifier, classifier.freeze(tune.fine_tune_at, tune.freeze_batchnorm))
+        views = cached_outputs(classifier, part, data, tune.views, config.seed, progress=progress).views
         optimizer = tune.optimizer
     else:
-        model, part, views, _ = _head_features(config, data, progress)
+        part, views, _ = _head_features(config, data, progress)
         optimizer = config.head.optimizer
     result = lr_finder.find_learning_rate(part.trainable, views, labels, data.num_classes, optimizer,
                                           batch_size=config.data.batch_size, seed=config.seed, progress=progress)
@@ -173,7 +177,7 @@ def sweep_job(run: Run, progress, data_root: Path | None = None, trials: int = 2
     this run's directory, after every trial; returns it.
     """
     config, data = _data(run, progress, data_root)
-    _, _, views, val = _head_features(config, data, progress)
+    views, val = _head_features(config, data, progress)[1:]
     record = {"trials": [], "base": config_io.to_dict(config)}
 
     def save(rows: list[dict]) -> None:
@@ -197,17 +201,17 @@ def sweep_job(run: Run, progress, data_root: Path | None = None, trials: int = 2
 
 
 def _head_features(config: RunConfig, data: ImageData, progress):
-    """(model, frozen part, training views, validation) for head training with `config`,
-    the features from the feature cache (stored in the same pass: the activations at
-    the fine-tuning cut, as `head_job` does)."""
+    """(frozen part, training views, validation) for head training with `config`, the
+    features from the feature cache (stored in the same pass: the activations at the
+    fine-tuning cut, as `head_job` does)."""
     keras.utils.set_random_seed(config.seed)
-    model = build_model(config.model, data.num_classes, config.data.image_size,
-                        build_augmentation(config.augment, seed=config.seed))
-    cut = _fine_tune_cut(model, config)
-    part = training.frozen_part(model, set_trainable(model, None), cut)
-    views, val, _ = training.cached_outputs(model, part, data, config.head.views, config.seed, keep_cut=cut,
-                                            probe=feature_cache.probe_of(config), progress=progress)
-    return model, part, views, val
+    classifier = build_model(config.model, data.num_classes, config.data.image_size,
+                             build_augmentation(config.augment, seed=config.seed))
+    cut = _fine_tune_cut(classifier, config)
+    part = frozen_part(classifier, classifier.freeze(None), cut)
+    outputs = cached_outputs(classifier, part, data, config.head.views, config.seed, fine_tune_cut=cut,
+                             probe=feature_cache.probe_of(config), progress=progress)
+    return part, outputs.views, outputs.validation
 
 
 def tensorboard_dir(run: Run) -> Path:
@@ -215,7 +219,7 @@ def tensorboard_dir(run: Run) -> Path:
     return run.path / "tensorboard"
 
 
-def _fine_tune_cut(model: keras.Model, config: RunConfig) -> int | None:
+def _fine_tune_cut(classifier: Classifier, config: RunConfig) -> int | None:
     """The backbone layer fine-tuning will start from, when its fast path can read
     activations stored during head training (a cut strictly inside the backbone).
 
@@ -226,12 +230,11 @@ def _fine_tune_cut(model: keras.Model, config: RunConfig) -> int | None:
     tune = config.fine_tune or DEFAULT_FINE_TUNE
     if not tune.fast_path or not config.head.fast_path:
         return None
-    backbone = get_backbone(model)
     try:
-        cut = first_trainable_index(backbone, tune.fine_tune_at)
+        cut = classifier.cut_at(tune.fine_tune_at)
     except UserError:  # the default cut is past the end of a small backbone
         return None
-    return cut if 0 < cut < len(backbone.layers) else None
+    return cut if 0 < cut < classifier.depth else None
 
 
 def comparison_configs(base: RunConfig, epochs: int) -> dict[str, RunConfig]:

@@ -6,7 +6,8 @@ import streamlit as st
 from core import config as config_io
 from core import workflow
 from core.config import DEFAULT_FINE_TUNE, RunConfig, TrainConfig
-from core.model.build import OPTIMIZERS, count_params, get_backbone, set_trainable
+from core.model.build import OPTIMIZERS, count_params
+from core.model.classifier import Classifier
 from core.training import runs
 from pages import _quick_tries as quick_tries
 from pages._common import follow, job_manager, open_run, runs_dir, state, user_errors
@@ -109,8 +110,8 @@ def _head_model(path: str, mtime: float):
 config = st.session_state.get("fine_tune_config") or dataclasses.replace(
     DEFAULT_FINE_TUNE, fine_tune_at=st.session_state.get("fine_tune_at") or DEFAULT_FINE_TUNE.fine_tune_at)
 with user_errors():
-    model = _head_model(str(run.path), run.model_path("head").stat().st_mtime)
-    backbone_layers = [layer.name for layer in get_backbone(model).layers]
+    classifier = Classifier.from_keras(_head_model(str(run.path), run.model_path("head").stat().st_mtime))
+    backbone_layers = [layer.name for layer in classifier.backbone.layers]
 
     mode = st.radio("Unfreeze", ["all", "from layer index", "from layer name"], horizontal=True,
                     index=0 if config.fine_tune_at == "all" else 2 if not str(config.fine_tune_at).isdigit() else 1)
@@ -125,9 +126,9 @@ with user_errors():
         fine_tune_at = st.selectbox("First trainable layer", backbone_layers, index=backbone_layers.index(name))
     freeze_bn = st.checkbox("Keep BatchNormalization layers frozen", config.freeze_batchnorm)
 
-    start = set_trainable(model, fine_tune_at, freeze_bn)
-    counts = count_params(model)
-    set_trainable(model, None)
+    start = classifier.freeze(fine_tune_at, freeze_bn)
+    counts = count_params(classifier.model)
+    classifier.freeze(None)
     cols = st.columns(3)
     cols[0].metric("Trainable parameters", f"{counts['trainable_params']:,}")
     cols[1].metric("Non-trainable parameters", f"{counts['non_trainable_params']:,}")

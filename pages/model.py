@@ -15,10 +15,7 @@ from core.model.build import (
     build_model,
     compile_model,
     count_params,
-    first_trainable_index,
-    get_backbone,
     layer_table,
-    set_trainable,
     summary_text,
 )
 from core.model.trainable_api import trainable_api_demo
@@ -99,20 +96,20 @@ def api_demo() -> list[dict]:
     return trainable_api_demo()
 
 
-def default_cut(name: str, backbone) -> int:
+def default_cut(name: str, classifier) -> int:
     """The references' cut for their backbones, else about two thirds of the depth."""
     if name in REFERENCE_CUTS:
-        return first_trainable_index(backbone, REFERENCE_CUTS[name])
-    return round(len(backbone.layers) * 2 / 3)
+        return classifier.cut_at(REFERENCE_CUTS[name])
+    return round(classifier.depth * 2 / 3)
 
 
-def stored_cut(backbone) -> int | None:
+def stored_cut(classifier) -> int | None:
     """The backbone layer index the stored fine_tune_at points to, if it points to one."""
     stored = st.session_state.get("fine_tune_at")
     if stored in (None, "all"):
         return None
     try:
-        return first_trainable_index(backbone, stored)
+        return classifier.cut_at(stored)
     except UserError:
         return None
 
@@ -126,7 +123,7 @@ def stored_mode() -> str:
     return "index" if stored.isdigit() else "name"
 
 
-def choose_fine_tune_at(name: str, backbone) -> str | None:
+def choose_fine_tune_at(name: str, classifier) -> str | None:
     """The unfreeze control: None, "all", a layer index as digits, or a layer name."""
     seed("model_unfreeze", stored_mode())
     mode = st.radio("Unfreeze", list(UNFREEZE), format_func=UNFREEZE.get, key="model_unfreeze", horizontal=True)
@@ -134,9 +131,9 @@ def choose_fine_tune_at(name: str, backbone) -> str | None:
         return None
     if mode == "all":
         return "all"
-    names = [layer.name for layer in backbone.layers]
-    start = stored_cut(backbone)
-    start = default_cut(name, backbone) if start is None or start >= len(names) else start
+    names = [layer.name for layer in classifier.backbone.layers]
+    start = stored_cut(classifier)
+    start = default_cut(name, classifier) if start is None or start >= len(names) else start
     if mode == "index":
         key = f"model_unfreeze_index:{name}"
         seed(key, start)
@@ -152,16 +149,16 @@ def choose_fine_tune_at(name: str, backbone) -> str | None:
     return layer_name
 
 
-def inspect_freezing(model, lock, fine_tune_at: str | None, freeze_batchnorm: bool, num_classes: int) -> dict:
+def inspect_freezing(classifier, lock, fine_tune_at: str | None, freeze_batchnorm: bool, num_classes: int) -> dict:
     """Freeze, recompile and measure in one step, so the numbers are this session's truth."""
     with lock:
-        start = set_trainable(model, fine_tune_at, freeze_batchnorm)
-        compile_model(model, num_classes=num_classes)
+        start = classifier.freeze(fine_tune_at, freeze_batchnorm)
+        compile_model(classifier.model, num_classes=num_classes)
         return {
             "start": start,
-            "counts": count_params(model),
-            "layers": layer_table(model),
-            "summary": summary_text(model, expand_nested=True),
+            "counts": count_params(classifier.model),
+            "layers": layer_table(classifier),
+            "summary": summary_text(classifier, expand_nested=True),
         }
 
 
@@ -265,8 +262,8 @@ else:
         "gradients would wreck the pretrained features. Unfreeze only once the head has converged.",
         icon=":material/lightbulb:",
     )
-backbone = get_backbone(model)
-fine_tune_at = choose_fine_tune_at(backbone_name, backbone)
+backbone = model.backbone
+fine_tune_at = choose_fine_tune_at(backbone_name, model)
 seed("model_freeze_batchnorm", st.session_state.get("freeze_batchnorm", False))
 freeze_batchnorm = st.checkbox("Keep BatchNormalization frozen", key="model_freeze_batchnorm",
                                disabled=fine_tune_at is None,

@@ -101,7 +101,7 @@ def test_crash_during_json_write_keeps_old_file(run, monkeypatch):
         run.write_json("metrics.json", {"test_accuracy": 0.9})
     monkeypatch.undo()
     assert run.read_json("metrics.json") == {"test_accuracy": 0.5}
-    assert not [p for p in run.path.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in run.path.iterdir() if ".tmp" in p.name]
 
 
 class FakeModel:

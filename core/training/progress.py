@@ -20,6 +20,11 @@ WRITE_INTERVAL_S = 0.5
 IMMEDIATE_FIELDS = ("stage", "phase", "epoch", "epochs")
 
 
+class Stopped(Exception):
+    """The user stopped the job before anything was trained (raised between batches
+    of work that trains nothing: feature extraction, reading features)."""
+
+
 class Progress:
     """Live progress of one job, written by the job and read by pages.
 
