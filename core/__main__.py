@@ -182,13 +182,13 @@ def _follow(manager, job) -> None:
             manager.stop(job.run_id)
             continue
         progress = job.progress.snapshot()
-        if progress.get("batches"):
-            done, total = progress["batch"], progress["batches"]
+        if progress.batches:
+            done, total = progress.batch or 0, progress.batches
             bar = "#" * int(30 * done / total)
-            phase = progress.get("phase") or ""
-            epoch = f"epoch {progress.get('epoch', 0) + 1}" if progress.get("stage") == "training" else ""
-            print(f"\r{progress.get('stage', '')} {phase} {epoch} [{bar:<30}] {done}/{total} "
-                  f"{progress.get('images_per_second', 0):.0f} img/s   ", end="", file=sys.stderr, flush=True)
+            phase = progress.phase or ""
+            epoch = f"epoch {(progress.epoch or 0) + 1}" if progress.stage == "training" else ""
+            print(f"\r{progress.stage or ''} {phase} {epoch} [{bar:<30}] {done}/{total} "
+                  f"{progress.images_per_second or 0:.0f} img/s   ", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
 
 

@@ -18,6 +18,7 @@ from core.config import RunConfig
 from core.errors import UserError
 from core.results.curves import curve_rows, fine_tune_start
 from core.training import runs
+from core.training.progress import ProgressRecord
 from pages._common import job_manager, state
 
 POLL_SECONDS = 1.0
@@ -200,25 +201,25 @@ def _stop_buttons(run: runs.Run, job) -> None:
         job_manager().kill(run.id)
 
 
-def _progress(snapshot: dict) -> None:
-    stage = snapshot.get("stage", "starting")
-    initial = snapshot.get("initial")
+def _progress(record: ProgressRecord) -> None:
+    stage = record.stage or "starting"
+    initial = record.initial
     if initial:
         st.caption(f"Before training (untrained head on validation): loss {initial.get('loss', 0):.3f}, "
                    f"accuracy {initial.get('accuracy', 0):.3f}")
-    epochs = snapshot.get("epochs")
+    epochs = record.epochs
     if stage == "training" and epochs:
-        done = snapshot.get("epoch_in_phase", 0)
-        st.progress(min(done / epochs, 1.0), text=f"{snapshot.get('phase', '')}: epoch {done} of {epochs}")
-    batches = snapshot.get("batches") or 0
+        done = record.epoch_in_phase or 0
+        st.progress(min(done / epochs, 1.0), text=f"{record.phase or ''}: epoch {done} of {epochs}")
+    batches = record.batches or 0
     if batches and (stage in BATCH_STAGES or stage.startswith("extracting features")):
-        batch = snapshot.get("batch", 0)
-        eta = snapshot.get("eta_seconds", 0.0)
+        batch = record.batch or 0
+        eta = record.eta_seconds or 0.0
         st.progress(min(batch / batches, 1.0),
-                    text=f"{stage}: batch {batch} of {batches} · {snapshot.get('images_per_second', 0):.0f} images/s"
+                    text=f"{stage}: batch {batch} of {batches} · {record.images_per_second or 0:.0f} images/s"
                          f" · ETA {eta:.0f} s")
     else:
         st.progress(0.0, text=f"{stage}...")
-    metrics = snapshot.get("metrics") or {}
+    metrics = record.metrics or {}
     if metrics and stage == "training":
         st.caption(" · ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
