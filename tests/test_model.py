@@ -108,7 +108,7 @@ def test_parts_are_found_again_in_a_saved_model(tmp_path):
     loaded = Classifier.from_keras(keras.models.load_model(tmp_path / "model.keras", safe_mode=True))
     assert [layer.name for layer in loaded.head] == ["hidden", "dropout", "logits"]
     assert loaded.augmentation is not None and loaded.wrapper.enabled is False
-    assert (loaded.depth, loaded.num_classes) == (built.depth, 3)
+    assert (loaded.depth, loaded.head[-1].units) == (built.depth, 3)
     assert loaded.cut_at("conv_pw_13") == built.cut_at("conv_pw_13") == built.depth - 3
     found = Classifier.from_keras(built.model)
     assert found.backbone is built.backbone and found.head == built.head and found.pooling is built.pooling

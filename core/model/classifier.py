@@ -125,12 +125,6 @@ class Classifier:
         """The number of backbone layers: the cut of a fully frozen backbone."""
         return len(self.backbone.layers)
 
-    @property
-    def num_classes(self) -> int:
-        """The classes the logits stand for (one logit means two classes)."""
-        units = self.head[-1].units
-        return 2 if units == 1 else units
-
     def cut_at(self, fine_tune_at: str | None) -> int:
         """The cut (first trainable backbone layer index, 0..depth) that `fine_tune_at` means.
 

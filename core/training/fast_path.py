@@ -75,7 +75,7 @@ def frozen_part(classifier: Classifier, cut: int, fine_tune_cut: int | None = No
     `fine_tune_cut`, after the features, for a later fine-tuning from there.
     """
     extract, trainable = classifier.split(cut, fine_tune_cut)
-    return FrozenPart(extract, trainable, cut, classifier.augmentation)
+    return FrozenPart(extract=extract, trainable=trainable, cut=cut, augmentation=classifier.augmentation)
 
 
 def extract(part: FrozenPart, images: np.ndarray, augment: bool, progress=None, label: str = "",
@@ -147,7 +147,7 @@ def cached_outputs(classifier: Classifier, part: FrozenPart, data: ImageData, vi
     parts = {names[0]: slice(0, 1), names[1]: slice(1, None)} if len(names) == 2 else {names[0]: slice(0, None)}
     augmentation = classifier.augmentation
     ctx = feature_cache.context(classifier, cuts, data, seed, probe)
-    result = CachedOutputs([], [])
+    result = CachedOutputs(views=[], validation=[])
     found: dict = {}
     for split, view in [("train", v) for v in range(views)] + [("validation", None)]:
         requests = [feature_cache.Request(name, split, view) for name in names]
