@@ -217,7 +217,7 @@ def test_disk_errors_name_the_folder(run, monkeypatch, code, words):
     def fail(*args, **kwargs):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(runs.tempfile, "mkstemp", fail)
+    monkeypatch.setattr(os, "replace", fail)  # as the disk refuses the atomic write
     with pytest.raises(UserError, match=words) as info:
         run.write_json("metrics.json", {})
     assert str(run.path) in info.value.message

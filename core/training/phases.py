@@ -107,7 +107,8 @@ class PhaseResult:
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Per-class weights n / (k * count): rare classes weigh more (sklearn's 'balanced')."""
+    """Per-class weights n / (k * count), float32 (k,), from int labels (n,): rare classes
+    weigh more (scikit-learn's `class_weight="balanced"`)."""
     counts = np.bincount(labels, minlength=num_classes).astype("float64")
     return (len(labels) / (num_classes * np.maximum(counts, 1))).astype("float32")
 
