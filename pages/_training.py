@@ -158,7 +158,7 @@ def _panel(run: runs.Run, status: dict, smoothing: float) -> None:
             if st.button("Remove from queue", key=f"unqueue-{run.id}"):
                 manager.stop(run.id)
     if status["status"] == runs.RUNNING:
-        progress = run.progress()
+        progress = ProgressRecord.from_dict(run.progress())
         _progress(progress)
         _stop_buttons(run, job)
     if status["status"] == runs.FAILED:
