@@ -5,7 +5,7 @@ Each variant extracts one augmented view of the same training images; the runs a
 interleaved (A B C A B C ...) and the median is printed beside ours (the baseline)
 with the ratio, so a busy machine slows all of them alike:
 
-- ours: `core.training.phases.extract` (a traced `tf.function`, batches of 32);
+- ours: `core.training.fast_path.extract` (a traced `tf.function`, batches of 32);
 - xla: the backbone compiled with XLA (`jit_compile=True`; XLA cannot compile the
   augmentation's RandomRotation on CPU, so that stays a plain `tf.function`);
 - batch 64: ours with batches of 64;
@@ -51,14 +51,14 @@ def main() -> None:
     from core.config import AugmentConfig, ModelConfig
     from core.data import images as images_module
     from core.model.augmentation import build_augmentation
-    from core.model.build import build_model, set_trainable
-    from core.training import phases
+    from core.model.build import build_model
+    from core.training import fast_path
 
     paths = sorted(str(p) for p in (DATA / "train").rglob("*") if images_module.is_image_file(p))[:count]
     pixels = images_module.load_images(paths, SIZE).images
     keras.utils.set_random_seed(0)
-    model = build_model(ModelConfig(), 2, SIZE, build_augmentation(AugmentConfig(), seed=0))
-    part = phases.frozen_part(model, set_trainable(model, None))
+    classifier = build_model(ModelConfig(), 2, SIZE, build_augmentation(AugmentConfig(), seed=0))
+    part = fast_path.frozen_part(classifier, classifier.freeze(None))
     augmentation = part.augmentation
 
     spec = [tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32)]
@@ -98,7 +98,7 @@ def main() -> None:
         thread.join()
 
     variants = {
-        "ours": lambda: phases.extract(part, pixels, True),
+        "ours": lambda: fast_path.extract(part, pixels, True),
         "xla": lambda: run_batches(xla, pixels, 32),
         "batch 64": lambda: run_batches(ours, pixels, 64),
         "decode + extract": decode_then_extract,

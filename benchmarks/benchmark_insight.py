@@ -51,7 +51,7 @@ def main() -> None:
         images, labels = data.splits["train"]
         keep = np.random.default_rng(0).permutation(len(labels))[:400]
         data.splits["train"] = (images[keep], labels[keep])
-    model = build_model(ModelConfig(backbone="MobileNetV2", weights="imagenet"), data.num_classes, size)
+    model = build_model(ModelConfig(backbone="MobileNetV2", weights="imagenet"), data.num_classes, size).model
     started = time.perf_counter()
     pooled = {split: features.pooled_features(model, images) for split, (images, _) in data.splits.items()}
     feature_seconds = time.perf_counter() - started

@@ -24,7 +24,7 @@ USER_ERROR_EXIT = 2
 
 def summary(args: argparse.Namespace) -> dict:
     """Parameter counts and the layer table of a freshly built model."""
-    from core.model.build import build_model, count_params, layer_table, set_trainable
+    from core.model.build import build_model, count_params, layer_table
 
     model_config = ModelConfig(
         backbone=args.backbone,
@@ -32,9 +32,9 @@ def summary(args: argparse.Namespace) -> dict:
         pooling=args.pooling,
         hidden_units=args.hidden_units,
     )
-    model = build_model(model_config, args.classes, args.image_size)
-    set_trainable(model, args.fine_tune_at, args.freeze_batchnorm)
-    return {**count_params(model), "layers": layer_table(model)}
+    classifier = build_model(model_config, args.classes, args.image_size)
+    classifier.freeze(args.fine_tune_at, args.freeze_batchnorm)
+    return {**count_params(classifier.model), "layers": layer_table(classifier)}
 
 
 def _add_summary(commands) -> None:
@@ -146,7 +146,7 @@ def _train_on_cluster(strategy, config, root, run, progress):
     from core.training import distributed
 
     if run is not None:
-        config, data = workflow._data(run, progress, root)
+        config, data = workflow.run_data(run, progress, root)
         run.write_json(workflow.CLASSES_FILE, data.class_names)
     else:
         data = workflow.load_data(config.data, root)
@@ -162,7 +162,7 @@ def _train_on_cluster(strategy, config, root, run, progress):
     def finish(result, train_config, **extra):
         if run is not None:  # TensorFlow's chief-only saving: a plain copy, saved and evaluated here only
             local = cluster.local_copy(result, train_config)
-            workflow._finish_phase(run, local.trained, data, local, train_config, progress, **extra)
+            workflow.finish_phase(run, local.trained, data, local, train_config, progress, **extra)
         elif result.nan_epoch is not None:
             raise UserError(f"Training diverged: the loss became NaN in epoch {result.nan_epoch} of the "
                             f"{result.phase} phase.", "Lower the learning rate (by 10x) on every machine.")
@@ -307,13 +307,13 @@ def _follow(manager, job) -> None:
             manager.stop(job.run_id)
             continue
         progress = job.progress.snapshot()
-        if progress.get("batches"):
-            done, total = progress["batch"], progress["batches"]
+        if progress.batches:
+            done, total = progress.batch or 0, progress.batches
             bar = "#" * int(30 * done / total)
-            phase = progress.get("phase") or ""
-            epoch = f"epoch {progress.get('epoch', 0) + 1}" if progress.get("stage") == "training" else ""
-            print(f"\r{progress.get('stage', '')} {phase} {epoch} [{bar:<30}] {done}/{total} "
-                  f"{progress.get('images_per_second', 0):.0f} img/s   ", end="", file=sys.stderr, flush=True)
+            phase = progress.phase or ""
+            epoch = f"epoch {(progress.epoch or 0) + 1}" if progress.stage == "training" else ""
+            print(f"\r{progress.stage or ''} {phase} {epoch} [{bar:<30}] {done}/{total} "
+                  f"{progress.images_per_second or 0:.0f} img/s   ", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
 
 

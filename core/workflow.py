@@ -29,17 +29,20 @@ from core.data.datasets import ImageData
 from core.data.report import REPORT_FILE, data_report
 from core.errors import UserError
 from core.model.augmentation import build_augmentation
-from core.model.build import build_model, first_trainable_index, get_backbone, set_trainable
+from core.model.build import build_model
+from core.model.classifier import Classifier
 from core.results import evaluation, export
 from core.training import feature_cache, lr_finder, runs, sweep
 from core.training import phases as training
+from core.training.fast_path import cached_outputs, frozen_part
+from core.training.progress import Stopped
 from core.training.runs import Run
 
 CLASSES_FILE = "classes.json"
 load_data = datasets.load_cached
 
 
-def _data(run: Run, progress, root: Path | None) -> tuple[RunConfig, ImageData]:
+def run_data(run: Run, progress, root: Path | None) -> tuple[RunConfig, ImageData]:
     """The run's data, with its report kept as `data_report.json`; a refused dataset
     fails the run as a data error (message and hint, no traceback)."""
     config = run.config
@@ -64,7 +67,7 @@ def _stoppable(job):
     def run_job(run: Run, progress, data_root: Path | None = None, **kwargs) -> dict:
         try:
             return job(run, progress, data_root, **kwargs)
-        except training.Stopped:
+        except Stopped:
             run.log("Stopped before training started; nothing was saved.")
             return run.read_json("metrics.json", default={})
 
@@ -80,23 +83,23 @@ def head_job(run: Run, progress, data_root: Path | None = None) -> dict:
     asks for fine-tuning, the activations at its cut are stored there in the same
     pass, for `fine_tune_job` (in this process or another).
     """
-    config, data = _data(run, progress, data_root)
+    config, data = run_data(run, progress, data_root)
     run.write_json(CLASSES_FILE, data.class_names)
     keras.utils.set_random_seed(config.seed)
     with training.select_strategy().scope():
-        model = build_model(config.model, data.num_classes, config.data.image_size,
-                            build_augmentation(config.augment, seed=config.seed))
+        classifier = build_model(config.model, data.num_classes, config.data.image_size,
+                                 build_augmentation(config.augment, seed=config.seed))
         result = training.train_phase(
-            model, data, config.head, "head", batch_size=config.data.batch_size, seed=config.seed,
-            progress=progress, on_epoch=run.append_history, keep_cut=_fine_tune_cut(model, config),
-            probe=feature_cache.probe_of(config), log_dir=tensorboard_dir(run),
-            held_out=_held_out(data),
+            classifier, data, config.head, "head", batch_size=config.data.batch_size, seed=config.seed,
+            progress=progress, on_epoch=run.append_history, fine_tune_cut=_fine_tune_cut(classifier, config),
+            probe=feature_cache.probe_of(config), log_dir=tensorboard_dir(run), held_out=_held_out(data),
         )
     if config.head.epochs == 0:  # explicit override: fine-tune on an untrained head
         run.log("head: 0 epochs asked for; the untrained head is saved as it is.")
         for kind in ("head", "final"):
-            run.save_model(model, kind)
-    return _finish_phase(run, model, data, result, config.head, progress, extra={"initial": result.initial})
+            run.save_model(classifier.model, kind)
+    return finish_phase(run, classifier.model, data, result, config.head, progress,
+                         extra={"initial": result.initial})
 
 
 @_stoppable
@@ -104,7 +107,7 @@ def fine_tune_job(run: Run, progress, data_root: Path | None = None) -> dict:
     """Load the run's head-trained model and fine-tune it per `config.fine_tune`; the
     activations at the cut come from the feature cache where the head job (or an
     earlier run) stored them."""
-    config, data = _data(run, progress, data_root)
+    config, data = run_data(run, progress, data_root)
     if config.fine_tune is None:
         raise UserError(f"Run {run.id} has no fine-tuning settings.", "Choose them on the Fine-tune page.")
     if not run.model_path("head").is_file():
@@ -115,11 +118,11 @@ def fine_tune_job(run: Run, progress, data_root: Path | None = None) -> dict:
     with training.select_strategy().scope():
         model = export.load_model_safe(run.model_path("final"))
         result = training.train_phase(
-            model, data, config.fine_tune, "fine_tune", batch_size=config.data.batch_size,
+            Classifier.from_keras(model), data, config.fine_tune, "fine_tune", batch_size=config.data.batch_size,
             seed=config.seed + 1, views_seed=config.seed, epoch_offset=offset, progress=progress,
             on_epoch=run.append_history, log_dir=tensorboard_dir(run),
         )
-    return _finish_phase(run, model, data, result, config.fine_tune, progress)
+    return finish_phase(run, model, data, result, config.fine_tune, progress)
 
 
 def full_job(run: Run, progress, data_root: Path | None = None) -> dict:
@@ -144,19 +147,19 @@ def lr_find_job(run: Run, progress, data_root: Path | None = None, phase: str = 
     `FinderResult`) into the run directory and returns that dict; trains nothing
     that is saved. Raises UserError for fine-tuning without a trained head.
     """
-    config, data = _data(run, progress, data_root)
+    config, data = run_data(run, progress, data_root)
     labels = data.splits["train"][1]
     if phase == "fine_tune":
         tune = config.fine_tune
         if tune is None or not run.model_path("head").is_file():
             raise UserError(f"Run {run.id} has no trained head or no fine-tuning settings.",
                             "Train the head and choose the unfreeze point first.")
-        model = export.load_model_safe(run.model_path("head"))
-        part = training.frozen_part(model, set_trainable(model, tune.fine_tune_at, tune.freeze_batchnorm))
-        views = training.cached_outputs(model, part, data, tune.views, config.seed, progress=progress)[0]
+        classifier = Classifier.from_keras(export.load_model_safe(run.model_path("head")))
+        part = frozen_part(classifier, classifier.freeze(tune.fine_tune_at, tune.freeze_batchnorm))
+        views = cached_outputs(classifier, part, data, tune.views, config.seed, progress=progress).views
         optimizer = tune.optimizer
     else:
-        model, part, views, _ = _head_features(config, data, progress)
+        part, views, _ = _head_features(config, data, progress)
         optimizer = config.head.optimizer
     result = lr_finder.find_learning_rate(part.trainable, views, labels, data.num_classes, optimizer,
                                           batch_size=config.data.batch_size, seed=config.seed, progress=progress)
@@ -175,8 +178,8 @@ def sweep_job(run: Run, progress, data_root: Path | None = None, trials: int = 2
     Writes `sweep.json` ({"trials": rows, "best": row, "best_run": run id}) into
     this run's directory, after every trial; returns it.
     """
-    config, data = _data(run, progress, data_root)
-    _, _, views, val = _head_features(config, data, progress)
+    config, data = run_data(run, progress, data_root)
+    views, val = _head_features(config, data, progress)[1:]
     record = {"trials": [], "base": config_io.to_dict(config)}
 
     def save(rows: list[dict]) -> None:
@@ -200,18 +203,17 @@ def sweep_job(run: Run, progress, data_root: Path | None = None, trials: int = 2
 
 
 def _head_features(config: RunConfig, data: ImageData, progress):
-    """(model, frozen part, training views, validation) for head training with `config`,
-    the features from the feature cache (stored in the same pass: the activations at
-    the fine-tuning cut and the test split's features, as `head_job` does)."""
+    """(frozen part, training views, validation) for head training with `config`, the
+    features from the feature cache (stored in the same pass: the activations at the
+    fine-tuning cut and the test split's features, as `head_job` does)."""
     keras.utils.set_random_seed(config.seed)
-    model = build_model(config.model, data.num_classes, config.data.image_size,
-                        build_augmentation(config.augment, seed=config.seed))
-    cut = _fine_tune_cut(model, config)
-    part = training.frozen_part(model, set_trainable(model, None), cut)
-    views, val, _ = training.cached_outputs(model, part, data, config.head.views, config.seed, keep_cut=cut,
-                                            probe=feature_cache.probe_of(config), progress=progress,
-                                            held_out=_held_out(data))
-    return model, part, views, val
+    classifier = build_model(config.model, data.num_classes, config.data.image_size,
+                             build_augmentation(config.augment, seed=config.seed))
+    cut = _fine_tune_cut(classifier, config)
+    part = frozen_part(classifier, classifier.freeze(None), cut)
+    outputs = cached_outputs(classifier, part, data, config.head.views, config.seed, fine_tune_cut=cut,
+                             probe=feature_cache.probe_of(config), progress=progress, held_out=_held_out(data))
+    return part, outputs.views, outputs.validation
 
 
 def _held_out(data: ImageData) -> tuple[str, ...]:
@@ -224,7 +226,7 @@ def tensorboard_dir(run: Run) -> Path:
     return run.path / "tensorboard"
 
 
-def _fine_tune_cut(model: keras.Model, config: RunConfig) -> int | None:
+def _fine_tune_cut(classifier: Classifier, config: RunConfig) -> int | None:
     """The backbone layer fine-tuning will start from, when its fast path can read
     activations stored during head training (a cut strictly inside the backbone).
 
@@ -235,12 +237,11 @@ def _fine_tune_cut(model: keras.Model, config: RunConfig) -> int | None:
     tune = config.fine_tune or DEFAULT_FINE_TUNE
     if not tune.fast_path or not config.head.fast_path:
         return None
-    backbone = get_backbone(model)
     try:
-        cut = first_trainable_index(backbone, tune.fine_tune_at)
+        cut = classifier.cut_at(tune.fine_tune_at)
     except UserError:  # the default cut is past the end of a small backbone
         return None
-    return cut if 0 < cut < len(backbone.layers) else None
+    return cut if 0 < cut < classifier.depth else None
 
 
 def comparison_configs(base: RunConfig, epochs: int) -> dict[str, RunConfig]:
@@ -259,7 +260,7 @@ def comparison_configs(base: RunConfig, epochs: int) -> dict[str, RunConfig]:
     }
 
 
-def _finish_phase(run: Run, model: keras.Model, data: ImageData, result: training.PhaseResult,
+def finish_phase(run: Run, model: keras.Model, data: ImageData, result: training.PhaseResult,
                   config: TrainConfig, progress=None, extra: dict | None = None) -> dict:
     """Save the phase's models, evaluate on the test split and record the metrics.
 

@@ -2,7 +2,7 @@
 
 `cut_ui` draws the "Unfreeze" radio, the layer index slider or layer name picker and
 the BatchNormalization checkbox, and returns what the user chose as `TrainConfig`
-takes it (`fine_tune_at`, `freeze_batchnorm`; see `core.model.build.set_trainable`).
+takes it (`fine_tune_at`, `freeze_batchnorm`; see `core.model.classifier.Classifier.freeze`).
 """
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import streamlit as st
 
 from core.config import DEFAULT_FINE_TUNE
 from core.errors import UserError
-from core.model.build import first_trainable_index
 from pages._common import seed_widget
 
 UNFREEZE = {
@@ -24,23 +23,23 @@ UNFREEZE = {
 REFERENCE_CUTS = {"MobileNetV2": DEFAULT_FINE_TUNE.fine_tune_at, "VGG16": "block5_conv1"}
 
 
-def default_cut(backbone_name: str, backbone) -> int:
+def default_cut(backbone_name: str, classifier) -> int:
     """The references' cut for their backbones, else about two thirds of the depth
     (a backbone layer index)."""
     if backbone_name in REFERENCE_CUTS:
-        return first_trainable_index(backbone, REFERENCE_CUTS[backbone_name])
-    return round(len(backbone.layers) * 2 / 3)
+        return classifier.cut_at(REFERENCE_CUTS[backbone_name])
+    return round(classifier.depth * 2 / 3)
 
 
-def stored_cut(backbone, fine_tune_at: str | None) -> int | None:
-    """The backbone layer index `fine_tune_at` points to, if it names one of `backbone`'s layers."""
+def stored_cut(classifier, fine_tune_at: str | None) -> int | None:
+    """The backbone layer index `fine_tune_at` points to, if it names one of the backbone's layers."""
     if fine_tune_at in (None, "all"):
         return None
     try:
-        index = first_trainable_index(backbone, fine_tune_at)
+        index = classifier.cut_at(fine_tune_at)
     except UserError:
         return None
-    return index if index < len(backbone.layers) else None
+    return index if index < classifier.depth else None
 
 
 def mode_of(fine_tune_at: str | None) -> str:
@@ -52,9 +51,9 @@ def mode_of(fine_tune_at: str | None) -> str:
     return "index" if str(fine_tune_at).isdigit() else "name"
 
 
-def cut_ui(backbone_name: str, backbone, fine_tune_at: str | None, freeze_batchnorm: bool, *, key: str,
+def cut_ui(backbone_name: str, classifier, fine_tune_at: str | None, freeze_batchnorm: bool, *, key: str,
            frozen: bool = True) -> tuple[str | None, bool]:
-    """The unfreeze control, started at `fine_tune_at` and `freeze_batchnorm` (the stored
+    """The unfreeze control for `classifier` (a `core.model.classifier.Classifier`), started at `fine_tune_at` and `freeze_batchnorm` (the stored
     choice) unless the user has changed it; widget keys start with `key` ("model" gives
     "model_unfreeze", "model_unfreeze_index:<backbone>", ...). `frozen`: offer "Backbone
     frozen" (the Model page); without it (Fine-tune) a frozen stored choice starts at the cut.
@@ -71,7 +70,7 @@ def cut_ui(backbone_name: str, backbone, fine_tune_at: str | None, freeze_batchn
     elif mode == "all":
         chosen = "all"
     else:
-        chosen = _layer_ui(backbone_name, backbone, fine_tune_at, mode, key)
+        chosen = _layer_ui(backbone_name, classifier, fine_tune_at, mode, key)
     batchnorm_key = f"{key}_freeze_batchnorm"
     seed_widget(batchnorm_key, freeze_batchnorm)
     freeze = st.checkbox("Keep BatchNormalization frozen", key=batchnorm_key, disabled=chosen is None,
@@ -79,11 +78,11 @@ def cut_ui(backbone_name: str, backbone, fine_tune_at: str | None, freeze_batchn
     return chosen, freeze
 
 
-def _layer_ui(backbone_name: str, backbone, fine_tune_at: str | None, mode: str, key: str) -> str:
+def _layer_ui(backbone_name: str, classifier, fine_tune_at: str | None, mode: str, key: str) -> str:
     """The first trainable layer, by index (digits) or by name."""
-    names = [layer.name for layer in backbone.layers]
-    start = stored_cut(backbone, fine_tune_at)
-    start = default_cut(backbone_name, backbone) if start is None else start
+    names = [layer.name for layer in classifier.backbone.layers]
+    start = stored_cut(classifier, fine_tune_at)
+    start = default_cut(backbone_name, classifier) if start is None else start
     if mode == "index":
         index_key = f"{key}_unfreeze_index:{backbone_name}"
         seed_widget(index_key, start)

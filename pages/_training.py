@@ -15,6 +15,7 @@ from core.config import RunConfig
 from core.errors import UserError
 from core.training import runs
 from core.training.jobs import JOB_RUNNING
+from core.training.progress import ProgressRecord
 from pages._common import POLL_SECONDS, job_manager, state
 from pages._curves import learning_curves
 
@@ -115,7 +116,7 @@ def _panel(run: runs.Run, status: dict, smoothing: float) -> None:
             if st.button("Remove from queue", key=f"unqueue-{run.id}"):
                 manager.stop(run.id)
     if status["status"] == runs.RUNNING:
-        progress_ui(run.progress())
+        progress_ui(ProgressRecord.from_dict(run.progress()))
         _stop_buttons(run, job)
     failure_ui(status)
     outcome = outcome_text(run, status)
@@ -163,26 +164,26 @@ def failure_ui(status: dict, what: str = "The job") -> None:
         st.info(status["hint"], icon=":material/lightbulb:")
 
 
-def progress_ui(snapshot: dict) -> None:
+def progress_ui(record: ProgressRecord) -> None:
     """A job's progress record (stage, epoch, batch, rate, ETA, metrics) as progress bars and captions."""
-    stage = snapshot.get("stage", "starting")
-    initial = snapshot.get("initial")
+    stage = record.stage or "starting"
+    initial = record.initial
     if initial:
         st.caption(f"Before training (untrained head on validation): loss {initial.get('loss', 0):.3f}, "
                    f"accuracy {initial.get('accuracy', 0):.3f}")
-    epochs = snapshot.get("epochs")
+    epochs = record.epochs
     if stage == "training" and epochs:
-        done = snapshot.get("epoch_in_phase", 0)
-        st.progress(min(done / epochs, 1.0), text=f"{snapshot.get('phase', '')}: epoch {done} of {epochs}")
-    batches = snapshot.get("batches") or 0
+        done = record.epoch_in_phase or 0
+        st.progress(min(done / epochs, 1.0), text=f"{record.phase or ''}: epoch {done} of {epochs}")
+    batches = record.batches or 0
     if batches and (stage in BATCH_STAGES or stage.startswith("extracting features")):
-        batch = snapshot.get("batch", 0)
-        eta = snapshot.get("eta_seconds", 0.0)
+        batch = record.batch or 0
+        eta = record.eta_seconds or 0.0
         st.progress(min(batch / batches, 1.0),
-                    text=f"{stage}: batch {batch} of {batches} · {snapshot.get('images_per_second', 0):.0f} images/s"
+                    text=f"{stage}: batch {batch} of {batches} · {record.images_per_second or 0:.0f} images/s"
                          f" · ETA {eta:.0f} s")
     else:
         st.progress(0.0, text=f"{stage}...")
-    metrics = snapshot.get("metrics") or {}
+    metrics = record.metrics or {}
     if metrics and stage == "training":
         st.caption(" · ".join(f"{k} {v:.4f}" for k, v in metrics.items()))

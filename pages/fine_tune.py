@@ -5,7 +5,8 @@ import streamlit as st
 
 from core import workflow
 from core.config import DEFAULT_FINE_TUNE, TrainConfig
-from core.model.build import count_params, get_backbone, set_trainable
+from core.model.build import count_params
+from core.model.classifier import Classifier
 from core.training import runs
 from pages import _quick_tries as quick_tries
 from pages._common import (
@@ -89,15 +90,14 @@ name_differences(run)
 config = st.session_state.get("fine_tune_config") or dataclasses.replace(
     DEFAULT_FINE_TUNE, fine_tune_at=st.session_state.get("fine_tune_at") or DEFAULT_FINE_TUNE.fine_tune_at)
 with user_errors():
-    model = cached_model(str(run.path), "head", model_version(run, "head"))[0]
-    backbone = get_backbone(model)
-    fine_tune_at, freeze_bn = cut_ui(run.config.model.backbone, backbone, config.fine_tune_at, config.freeze_batchnorm,
-                                     key="fine_tune", frozen=False)
+    classifier = Classifier.from_keras(cached_model(str(run.path), "head", model_version(run, "head"))[0])
+    fine_tune_at, freeze_bn = cut_ui(run.config.model.backbone, classifier, config.fine_tune_at,
+                                     config.freeze_batchnorm, key="fine_tune", frozen=False)
 
-    start = set_trainable(model, fine_tune_at, freeze_bn)
-    counts = count_params(model)
-    set_trainable(model, None)
-    depth = len(backbone.layers)
+    start = classifier.freeze(fine_tune_at, freeze_bn)
+    counts = count_params(classifier.model)
+    classifier.freeze(None)
+    depth = classifier.depth
     cols = st.columns(3)
     cols[0].metric("Trainable parameters", f"{counts['trainable_params']:,}")
     cols[1].metric("Non-trainable parameters", f"{counts['non_trainable_params']:,}")

@@ -15,9 +15,7 @@ from core.model.build import (
     build_model,
     compile_model,
     count_params,
-    get_backbone,
     layer_table,
-    set_trainable,
     summary_text,
 )
 from core.model.trainable_api import trainable_api_demo
@@ -77,7 +75,7 @@ def use_random_weights() -> None:
 
 @st.cache_resource(show_spinner="Building the model...", max_entries=4)
 def built_model(config: ModelConfig, image_size: int, num_classes: int, augment: AugmentConfig):
-    """The model for these choices, and the lock that guards its `trainable` flags.
+    """The model for these choices (a `Classifier`), and the lock that guards its `trainable` flags.
 
     Sessions share the cached model: each one sets the freezing it wants and reads
     the counts while holding the lock, so it never reports another session's state.
@@ -91,16 +89,16 @@ def api_demo() -> list[dict]:
     return trainable_api_demo()
 
 
-def inspect_freezing(model, lock, fine_tune_at: str | None, freeze_batchnorm: bool, num_classes: int) -> dict:
+def inspect_freezing(classifier, lock, fine_tune_at: str | None, freeze_batchnorm: bool, num_classes: int) -> dict:
     """Freeze, recompile and measure in one step, so the numbers are this session's truth."""
     with lock:
-        start = set_trainable(model, fine_tune_at, freeze_batchnorm)
-        compile_model(model, num_classes=num_classes)
+        start = classifier.freeze(fine_tune_at, freeze_batchnorm)
+        compile_model(classifier.model, num_classes=num_classes)
         return {
             "start": start,
-            "counts": count_params(model),
-            "layers": layer_table(model),
-            "summary": summary_text(model, expand_nested=True),
+            "counts": count_params(classifier.model),
+            "layers": layer_table(classifier),
+            "summary": summary_text(classifier, expand_nested=True),
         }
 
 
@@ -204,8 +202,7 @@ else:
         "gradients would wreck the pretrained features. Unfreeze only once the head has converged.",
         icon=":material/lightbulb:",
     )
-backbone = get_backbone(model)
-fine_tune_at, freeze_batchnorm = cut_ui(backbone_name, backbone, st.session_state.get("fine_tune_at"),
+fine_tune_at, freeze_batchnorm = cut_ui(backbone_name, model, st.session_state.get("fine_tune_at"),
                                         st.session_state.get("freeze_batchnorm", False), key="model")
 st.session_state["fine_tune_at"] = fine_tune_at
 st.session_state["freeze_batchnorm"] = freeze_batchnorm
@@ -226,7 +223,7 @@ columns[3].metric("Trainable weight tensors", f"{counts['trainable_weight_tensor
 st.caption(f"{counts['trainable_params'] / counts['total_params']:.2%} of the parameters train, "
            f"as the compiled model reports them.")
 
-st.plotly_chart(depth_figure(truth["layers"], truth["start"], len(backbone.layers)), width="stretch")
+st.plotly_chart(depth_figure(truth["layers"], truth["start"], model.depth), width="stretch")
 st.dataframe(pd.DataFrame(truth["layers"]), hide_index=True, width="stretch", height=300)
 with st.expander("Keras summary (compiled)"):
     st.code(truth["summary"], language=None)

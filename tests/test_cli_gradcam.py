@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_predict_gradcam_writes_the_overlays_as_png(tmp_path):
     config = RunConfig(data=DataConfig(image_size=96), model=ModelConfig(backbone="MobileNet", weights="none"))
     run = runs.Run.create(tmp_path / "runs", config)
-    run.save_model(build_model(config.model, 3, 96), "final")
+    run.save_model(build_model(config.model, 3, 96).model, "final")
     run.write_json(CLASSES_FILE, ["a", "b", "c"])
     images = []
     for n, colour in enumerate([(200, 30, 30), (30, 30, 200)]):

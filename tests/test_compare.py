@@ -6,6 +6,7 @@ import pytest
 from core.config import DataConfig, RunConfig, TrainConfig
 from core.results import compare
 from core.training import runs
+from core.training.progress import ProgressRecord
 
 HISTORY = [
     {"phase": "head", "epoch": 1, "path": "features", "val_accuracy": 0.5, "val_loss": 0.9, "accuracy": 0.4, "loss": 1.1},
@@ -77,6 +78,7 @@ def test_comparison_table_has_time_per_epoch(run):
 
 
 def test_progress_text():
-    assert compare.progress_text({"stage": "training", "phase": "head", "epochs": 5, "epoch_in_phase": 2}) == "head: epoch 2 of 5"
-    assert compare.progress_text({"stage": "extracting features"}) == "extracting features"
-    assert compare.progress_text({}) == "starting"
+    record = ProgressRecord(stage="training", phase="head", epochs=5, epoch_in_phase=2)
+    assert compare.progress_text(record) == "head: epoch 2 of 5"
+    assert compare.progress_text(ProgressRecord(stage="extracting features")) == "extracting features"
+    assert compare.progress_text(ProgressRecord()) == "starting"

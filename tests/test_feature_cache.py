@@ -23,11 +23,10 @@ from core.data import array_store, datasets, image_cache
 from core.data import images as images_module
 from core.data.array_store import TMP_PREFIX, ArrayStore
 from core.model.augmentation import build_augmentation
+from core.model.build import build_model
 from core.results import evaluation
-from core.model.build import build_model, set_trainable
-from core.training import feature_cache, runs
-from core.training import phases as training
-from core.training.progress import Progress
+from core.training import fast_path, feature_cache, runs
+from core.training.progress import Progress, Stopped
 from tests.helpers import make_colour_folders
 
 SIZE = 128
@@ -97,11 +96,12 @@ def new_model(data, augment=AugmentConfig(flip="horizontal", rotation=0.1), size
     return build_model(ModelConfig(**settings), data.num_classes, size, build_augmentation(augment, seed=0))
 
 
-def outputs(model, data, cache, views=2, seed=0, fine_tune_at=None, keep_cut=None, progress=None):
-    start = set_trainable(model, fine_tune_at)
-    part = training.frozen_part(model, start, keep_cut)
-    return training.cached_outputs(model, part, data, views, seed, keep_cut=keep_cut, cache=cache,
-                                   progress=progress)
+def outputs(model, data, cache, views=2, seed=0, fine_tune_at=None, fine_tune_cut=None, progress=None):
+    """(views, validation, {"read": labels, "computed": labels}) of `fast_path.cached_outputs`."""
+    part = fast_path.frozen_part(model, model.freeze(fine_tune_at), fine_tune_cut)
+    found = fast_path.cached_outputs(model, part, data, views, seed, fine_tune_cut=fine_tune_cut, cache=cache,
+                                     progress=progress)
+    return found.views, found.validation, {"read": found.read, "computed": found.computed}
 
 
 ALL = ["features (view 1)", "features (view 2)", "features (validation)"]
@@ -136,7 +136,7 @@ def test_a_matching_key_reads_and_each_part_recomputes_what_it_must(data, tmp_pa
 def test_the_cut_is_part_of_the_key(data, tmp_path):
     cache = ArrayStore(tmp_path)
     model = new_model(data)
-    computed = outputs(model, data, cache, views=1, keep_cut=60)[2]["computed"]
+    computed = outputs(model, data, cache, views=1, fine_tune_cut=60)[2]["computed"]
     assert sorted(computed) == sorted(["features (view 1)", "features (validation)", "cut60 (view 1)",
                                        "cut60 (validation)"])
     assert outputs(model, data, cache, views=1, fine_tune_at="60")[2]["computed"] == []
@@ -148,7 +148,7 @@ def test_changed_weights_below_the_cut_recompute(data, tmp_path):
     cache = ArrayStore(tmp_path)
     model = new_model(data)
     outputs(model, data, cache, views=1, fine_tune_at="60")
-    layer = next(layer for layer in model.get_layer("backbone").layer.layers[:60] if layer.weights)
+    layer = next(layer for layer in model.backbone.layers[:60] if layer.weights)
     layer.weights[0].assign(layer.weights[0] * 1.01)  # as an earlier fine-tuning from below 60 would
     assert len(outputs(model, data, cache, views=1, fine_tune_at="60")[2]["computed"]) == 2
 
@@ -175,9 +175,9 @@ class StopAfterOneBatch(Progress):
 
 
 def test_a_stopped_extraction_leaves_nothing_to_read(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(training, "EXTRACT_BATCH", 8)  # 4 batches per split
+    monkeypatch.setattr(fast_path, "EXTRACT_BATCH", 8)  # 4 batches per split
     cache = ArrayStore(tmp_path)
-    with pytest.raises(training.Stopped):
+    with pytest.raises(Stopped):
         outputs(new_model(data), data, cache, views=1, progress=StopAfterOneBatch())
     assert cache.entries() == []
     assert outputs(new_model(data), data, cache, views=1)[2]["computed"] == ALL[::2]

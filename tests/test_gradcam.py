@@ -7,7 +7,8 @@ from PIL import Image
 
 from core.config import ModelConfig
 from core.model.backbones import BACKBONES
-from core.model.build import build_model, get_backbone, last_conv_layer
+from core.model.build import build_model
+from core.model.classifier import last_conv_layer
 from core.results import gradcam
 
 SIZE = 64
@@ -47,7 +48,7 @@ def test_heatmap_peak_lies_in_the_region_that_carries_the_class_signal(top, left
 
 
 def test_heatmaps_of_a_built_model_have_the_feature_map_shape_and_lie_in_0_1():
-    model = build_model(ModelConfig(backbone="MobileNet", weights="none"), 3, 96)
+    model = build_model(ModelConfig(backbone="MobileNet", weights="none"), 3, 96).model
     images = np.random.default_rng(0).integers(0, 256, (5, 96, 96, 3)).astype("uint8")
     maps, classes = gradcam.heatmaps(model, images, batch_size=2)
     assert maps.shape == (5, 3, 3) and maps.dtype == np.float32  # 96 px / stride 32
@@ -90,7 +91,7 @@ def test_overlay_is_an_image_of_the_input_size_and_save_writes_pngs(tmp_path):
 def test_last_conv_feature_map_is_found_in_every_backbone(name):
     spec = BACKBONES[name]
     size = max(spec.min_size, 75)
-    backbone = get_backbone(build_model(ModelConfig(backbone=name, weights="none"), 2, size))
+    backbone = build_model(ModelConfig(backbone=name, weights="none"), 2, size).backbone
     layer = last_conv_layer(backbone)
     shape = layer.output.shape
     assert len(shape) == 4 and shape[1] >= 1 and shape[3] > 1

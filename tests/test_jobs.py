@@ -6,6 +6,7 @@ managers preload nothing, so a worker starts in a fraction of a second.
 """
 import errno
 import functools
+import json
 import os
 import signal
 import sys
@@ -16,7 +17,7 @@ import pytest
 from core.config import RunConfig
 from core.errors import UserError
 from core.training.jobs import JobManager
-from core.training.progress import FileProgress, Progress, RunProgress
+from core.training.progress import FileProgress, Progress, ProgressRecord, RunProgress
 from core.training.runs import Run
 from core.training.worker import Worker, exit_reason, pinned_environment
 
@@ -167,11 +168,11 @@ def test_a_warm_worker_is_ready_before_a_job_is_submitted(manager):
 def test_stop_running_job(manager, make_run):
     run = make_run()
     job = manager.submit(run, until_stopped)
-    wait_for(lambda: job.progress.snapshot().get("batch", 0) >= 1)
+    wait_for(lambda: (job.progress.snapshot().batch or 0) >= 1)
     assert manager.stop(run.id)
     assert manager.wait(TIMEOUT)
     assert job.state == "done"
-    assert job.progress.snapshot()["batch"] >= 1
+    assert job.progress.snapshot().batch >= 1
     assert run.status()["status"] == "stopped"
     assert not manager.stop(run.id)
 
@@ -286,12 +287,12 @@ def test_progress_crosses_the_process_boundary_through_the_run_folder(manager, m
     job = manager.submit(run, update_progress)
     wait_for(lambda: (run.path / "started").exists())
     snapshot = job.progress.snapshot()
-    assert (snapshot["phase"], snapshot["epoch"], snapshot["metrics"]) == ("head", 1, {"loss": 0.5})
-    assert snapshot["elapsed_seconds"] >= 0 and not snapshot["stop_requested"]
-    assert RunProgress(Run(run.path)).snapshot()["epoch"] == 1  # any process reads the same
+    assert (snapshot.phase, snapshot.epoch, snapshot.metrics) == ("head", 1, {"loss": 0.5})
+    assert snapshot.elapsed_seconds >= 0 and not snapshot.stop_requested
+    assert RunProgress(Run(run.path)).snapshot().epoch == 1  # any process reads the same
     (run.path / "release").touch()
     assert manager.wait(TIMEOUT)
-    assert job.progress.snapshot()["stage"] == "ended"
+    assert job.progress.snapshot().stage == "ended"
 
 
 def test_file_progress_writes_stage_changes_at_once_and_throttles_batches(make_run):
@@ -305,15 +306,30 @@ def test_file_progress_writes_stage_changes_at_once_and_throttles_batches(make_r
     assert (run.progress()["stage"], run.progress()["batch"]) == ("saving models", 2)
     assert not progress.stop_requested
     run.request_stop()  # as another process would
-    assert progress.stop_requested and RunProgress(run).snapshot()["stop_requested"]
+    assert progress.stop_requested and RunProgress(run).snapshot().stop_requested
 
 
 def test_progress_snapshots_are_copies():
     progress = Progress()
     progress.update(metrics={"loss": 0.5})
     snapshot = progress.snapshot()
-    snapshot["metrics"]["loss"] = 99.0
-    assert progress.snapshot()["metrics"] == {"loss": 0.5}
+    snapshot.metrics["loss"] = 99.0
+    assert progress.snapshot().metrics == {"loss": 0.5}
+
+
+def test_the_progress_record_is_typed_and_round_trips_through_json(make_run):
+    progress = Progress()
+    with pytest.raises(TypeError):
+        progress.update(stagee="training")  # a typo is refused, not written
+    run = make_run()
+    written = FileProgress(run)
+    written.update(stage="training", phase="head", epoch=2, batch=3, batches=10, metrics={"loss": 0.25})
+    on_disk = run.progress()
+    assert on_disk["stage"] == "training" and on_disk["metrics"] == {"loss": 0.25}
+    assert "eta_seconds" not in on_disk  # never reported: not written
+    read = ProgressRecord.from_dict(json.loads(json.dumps({**on_disk, "from_a_newer_writer": 1})))
+    assert (read.stage, read.phase, read.epoch, read.batch, read.batches) == ("training", "head", 2, 3, 10)
+    assert read.to_dict() == on_disk
 
 
 def test_an_unused_worker_retires_cleanly():

@@ -58,18 +58,18 @@ def test_flipped_colour_images_rank_first_with_pretrained_features():
                        for label in labels]).astype("uint8")
     given = labels.copy()
     given[[5, 30]] = [2, 0]
-    model = build_model(ModelConfig(backbone="MobileNet", weights="imagenet"), 3, 128)
-    pooled = features.pooled_features(model, images, batch_size=16)
-    assert pooled.shape == (36, model.get_layer("pooling").output.shape[-1])
+    classifier = build_model(ModelConfig(backbone="MobileNet", weights="imagenet"), 3, 128)
+    pooled = features.pooled_features(classifier.model, images, batch_size=16)
+    assert pooled.shape == (36, classifier.pooling.output.shape[-1])
     issues = label_issues.find_issues(pooled, given, 3)
     assert set(issues.position[:2].tolist()) == {5, 30}
 
 
 def test_pooled_features_stop_between_batches():
     from core.training.progress import Progress
-    from core.training.phases import Stopped
+    from core.training.progress import Stopped
 
-    model = build_model(ModelConfig(backbone="MobileNet", weights="none"), 2, 96)
+    model = build_model(ModelConfig(backbone="MobileNet", weights="none"), 2, 96).model
     progress = Progress()
     progress.request_stop()
     with pytest.raises(Stopped):

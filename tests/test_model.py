@@ -10,16 +10,8 @@ import pytest
 from core.config import ModelConfig
 from core.errors import UserError
 from core.model.backbones import BACKBONES
-from core.model.build import (
-    build_model,
-    compile_model,
-    count_params,
-    get_backbone,
-    head_layers,
-    layer_table,
-    set_trainable,
-    summary_text,
-)
+from core.model.build import build_model, compile_model, count_params, layer_table, summary_text
+from core.model.classifier import Classifier
 from core.model.trainable_api import trainable_api_demo
 
 SMALL = ModelConfig(backbone="MobileNet", weights="imagenet")  # alpha 0.25, cached weights
@@ -49,8 +41,8 @@ def random_pixels(count: int, size: int) -> np.ndarray:
 
 
 def test_frozen_mobilenet_v2_counts_match_the_tutorial(mobilenet_v2):
-    assert set_trainable(mobilenet_v2, None) == len(get_backbone(mobilenet_v2).layers)
-    assert count_params(mobilenet_v2) == {
+    assert mobilenet_v2.freeze(None) == len(mobilenet_v2.backbone.layers)
+    assert count_params(mobilenet_v2.model) == {
         "total_params": 2_259_265,
         "trainable_params": 1_281,
         "non_trainable_params": 2_257_984,
@@ -59,65 +51,85 @@ def test_frozen_mobilenet_v2_counts_match_the_tutorial(mobilenet_v2):
 
 
 def test_unfreezing_mobilenet_v2_from_layer_100_matches_the_tutorial(mobilenet_v2):
-    assert set_trainable(mobilenet_v2, "100") == 100
-    counts = count_params(mobilenet_v2)
+    assert mobilenet_v2.freeze("100") == 100
+    counts = count_params(mobilenet_v2.model)
     assert counts["trainable_params"] == 1_862_721
     assert counts["non_trainable_params"] == 396_544
     assert counts["trainable_weight_tensors"] == 56
-    set_trainable(mobilenet_v2, None)
-    assert count_params(mobilenet_v2)["trainable_params"] == 1_281
+    mobilenet_v2.freeze(None)
+    assert count_params(mobilenet_v2.model)["trainable_params"] == 1_281
 
 
 def test_xception_counts_match_the_keras_guide(xception):
-    set_trainable(xception, None)
-    frozen = count_params(xception)
+    xception.freeze(None)
+    frozen = count_params(xception.model)
     assert (frozen["total_params"], frozen["trainable_params"]) == (20_863_529, 2_049)
-    set_trainable(xception, "all")
-    unfrozen = count_params(xception)
+    xception.freeze("all")
+    unfrozen = count_params(xception.model)
     assert (unfrozen["trainable_params"], unfrozen["non_trainable_params"]) == (20_809_001, 54_528)
 
 
 def test_vgg16_trainable_tensors_match_the_book(vgg16):
-    set_trainable(vgg16, "all")
-    assert count_params(vgg16)["trainable_weight_tensors"] == 30
-    set_trainable(vgg16, None)
-    assert count_params(vgg16)["trainable_weight_tensors"] == 4
-    start = set_trainable(vgg16, "block5_conv1")
-    assert get_backbone(vgg16).layers[start].name == "block5_conv1"
-    assert count_params(vgg16)["trainable_weight_tensors"] == 10
+    vgg16.freeze("all")
+    assert count_params(vgg16.model)["trainable_weight_tensors"] == 30
+    vgg16.freeze(None)
+    assert count_params(vgg16.model)["trainable_weight_tensors"] == 4
+    cut = vgg16.freeze("block5_conv1")
+    assert vgg16.backbone.layers[cut].name == "block5_conv1"
+    assert count_params(vgg16.model)["trainable_weight_tensors"] == 10
 
 
 def test_unknown_layer_name_suggests_valid_names(vgg16):
     with pytest.raises(UserError) as caught:
-        set_trainable(vgg16, "block5_conv9")
+        vgg16.freeze("block5_conv9")
     assert "block5_conv1" in caught.value.hint
 
 
 def test_layer_index_past_the_backbone_is_refused(vgg16):
     with pytest.raises(UserError, match="past the end"):
-        set_trainable(vgg16, "999")
+        vgg16.freeze("999")
 
 
 def test_model_layers_have_stable_names_in_pipeline_order():
     augmentation = keras.Sequential([keras.layers.RandomFlip("horizontal")], name="augmentation")
     model = build_model(SMALL, 2, 128, augmentation=augmentation)
-    assert [layer.name for layer in model.layers] == [
+    assert [layer.name for layer in model.model.layers] == [
         "pixels", "augmentation", "preprocess", "backbone", "pooling", "dropout", "logits",
     ]
-    assert [layer.name for layer in head_layers(model)] == ["pooling", "dropout", "logits"]
-    assert not get_backbone(model).trainable
+    assert [layer.name for layer in (model.pooling, *model.head)] == ["pooling", "dropout", "logits"]
+    assert model.augmentation is augmentation
+    assert not model.backbone.trainable
+
+
+def test_parts_are_found_again_in_a_saved_model(tmp_path):
+    built = build_model(ModelConfig(backbone="MobileNet", weights="none", hidden_units=4), 3, 96,
+                        keras.Sequential([keras.layers.RandomFlip("horizontal")], name="augmentation"))
+    built.model.save(tmp_path / "model.keras")
+    loaded = Classifier.from_keras(keras.models.load_model(tmp_path / "model.keras", safe_mode=True))
+    assert [layer.name for layer in loaded.head] == ["hidden", "dropout", "logits"]
+    assert loaded.augmentation is not None and loaded.wrapper.enabled is False
+    assert (loaded.depth, loaded.head[-1].units) == (built.depth, 3)
+    assert loaded.cut_at("conv_pw_13") == built.cut_at("conv_pw_13") == built.depth - 3
+    found = Classifier.from_keras(built.model)
+    assert found.backbone is built.backbone and found.head == built.head and found.pooling is built.pooling
+
+
+def test_a_model_this_app_did_not_build_is_a_user_error():
+    inputs = keras.Input((4,))
+    with pytest.raises(UserError, match="not built by this app"):
+        Classifier.from_keras(keras.Model(inputs, keras.layers.Dense(1)(inputs)))
 
 
 def test_logits_are_one_for_two_classes_and_n_for_n():
-    assert build_model(SMALL, 2, 128).get_layer("logits").units == 1
-    assert build_model(SMALL, 5, 128).get_layer("logits").units == 5
+    assert build_model(SMALL, 2, 128).head[-1].units == 1
+    assert build_model(SMALL, 5, 128).head[-1].units == 5
 
 
 def test_model_takes_raw_pixels_and_preprocesses_inside():
     model = build_model(SMALL, 2, 128)
-    features = keras.Model(model.inputs, model.get_layer("pooling").input)
+    features = keras.Model(model.model.inputs, model.pooling.input)
     pixels = random_pixels(2, 128)
-    expected = get_backbone(model)(BACKBONES["MobileNet"].preprocess_input(pixels.copy()))
+    expected = model.backbone(BACKBONES["MobileNet"].preprocess_input(pixels.copy()))
     np.testing.assert_allclose(features.predict(pixels, verbose=0), expected, atol=1e-4)
 
 
@@ -128,10 +140,10 @@ def test_invalid_head_settings_are_user_errors():
         build_model(SMALL, 1, 128)
 
 
-def batchnorm_statistics(model: keras.Model) -> list[np.ndarray]:
+def batchnorm_statistics(model: Classifier) -> list[np.ndarray]:
     return [
         weight.numpy()
-        for layer in get_backbone(model).layers
+        for layer in model.backbone.layers
         if isinstance(layer, keras.layers.BatchNormalization)
         for weight in (layer.moving_mean, layer.moving_variance)
     ]
@@ -140,35 +152,35 @@ def batchnorm_statistics(model: keras.Model) -> list[np.ndarray]:
 @pytest.mark.parametrize("fine_tune_at", [None, "all"])
 def test_training_step_keeps_batchnorm_statistics(fine_tune_at):
     model = build_model(SMALL, 2, 128)
-    set_trainable(model, fine_tune_at)
-    compile_model(model, learning_rate=1e-2)
+    model.freeze(fine_tune_at)
+    compile_model(model.model, learning_rate=1e-2)
     before = batchnorm_statistics(model)
-    kernel_before = get_backbone(model).get_layer("conv1").kernel.numpy()
-    logits_before = model.get_layer("logits").kernel.numpy()
-    model.fit(random_pixels(4, 128), np.array([0, 1, 0, 1]), epochs=1, verbose=0)
+    kernel_before = model.backbone.get_layer("conv1").kernel.numpy()
+    logits_before = model.head[-1].kernel.numpy()
+    model.model.fit(random_pixels(4, 128), np.array([0, 1, 0, 1]), epochs=1, verbose=0)
     for statistic, initial in zip(batchnorm_statistics(model), before):
         np.testing.assert_array_equal(statistic, initial)
-    assert not np.allclose(model.get_layer("logits").kernel.numpy(), logits_before)
-    kernel_changed = not np.allclose(get_backbone(model).get_layer("conv1").kernel.numpy(),
+    assert not np.allclose(model.head[-1].kernel.numpy(), logits_before)
+    kernel_changed = not np.allclose(model.backbone.get_layer("conv1").kernel.numpy(),
                                      kernel_before)
     assert kernel_changed == (fine_tune_at == "all")
 
 
 def test_freeze_batchnorm_keeps_batchnorm_layers_frozen():
     model = build_model(SMALL, 2, 128)
-    set_trainable(model, "all", freeze_batchnorm=True)
-    backbone = get_backbone(model)
+    model.freeze("all", freeze_batchnorm=True)
+    backbone = model.backbone
     batchnorms = [l for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)]
     assert batchnorms and not any(layer.trainable for layer in batchnorms)
     assert backbone.get_layer("conv1").trainable
-    assert count_params(model)["non_trainable_params"] == sum(l.count_params() for l in batchnorms)
+    assert count_params(model.model)["non_trainable_params"] == sum(l.count_params() for l in batchnorms)
 
 
 def test_layer_table_lists_backbone_then_head(mobilenet_v2):
-    set_trainable(mobilenet_v2, "100")
+    mobilenet_v2.freeze("100")
     rows = layer_table(mobilenet_v2)
     backbone_rows = [row for row in rows if row["part"] == "backbone"]
-    assert len(backbone_rows) == len(get_backbone(mobilenet_v2).layers)
+    assert len(backbone_rows) == len(mobilenet_v2.backbone.layers)
     assert [row["index"] for row in rows] == list(range(len(rows)))
     assert [row["trainable"] for row in backbone_rows] == [
         index >= 100 for index in range(len(backbone_rows))
@@ -178,12 +190,12 @@ def test_layer_table_lists_backbone_then_head(mobilenet_v2):
         "index": len(rows) - 1, "name": "logits", "type": "Dense", "output_shape": "(None, 1)",
         "params": 1_281, "trainable": True, "part": "head",
     }
-    assert sum(row["params"] for row in rows) == count_params(mobilenet_v2)["total_params"]
-    set_trainable(mobilenet_v2, None)
+    assert sum(row["params"] for row in rows) == count_params(mobilenet_v2.model)["total_params"]
+    mobilenet_v2.freeze(None)
 
 
 def test_summary_text_reports_the_model(mobilenet_v2):
-    set_trainable(mobilenet_v2, None)
+    mobilenet_v2.freeze(None)
     text = summary_text(mobilenet_v2)
     assert "backbone" in text and "2,259,265" in text and "Trainable params: 1,281" in text
     assert "Conv1" in summary_text(mobilenet_v2, expand_nested=True)
@@ -221,7 +233,7 @@ def test_unknown_optimizer_is_a_user_error():
 
 
 def test_model_saves_and_loads_in_safe_mode(tmp_path):
-    model = build_model(SMALL, 3, 128)
+    model = build_model(SMALL, 3, 128).model
     path = tmp_path / "model.keras"
     model.save(path)
     restored = keras.models.load_model(path, safe_mode=True)
@@ -229,7 +241,7 @@ def test_model_saves_and_loads_in_safe_mode(tmp_path):
     np.testing.assert_allclose(
         restored.predict(pixels, verbose=0), model.predict(pixels, verbose=0), atol=1e-5
     )
-    assert isinstance(get_backbone(restored), keras.Model)
+    assert isinstance(Classifier.from_keras(restored).backbone, keras.Model)
 
 
 def test_trainable_api_demo_measures_the_guide_results():

@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from core.config import AugmentConfig, DataConfig, ModelConfig
 from core.data import datasets
 from core.model.augmentation import build_augmentation
-from core.model.build import build_model, count_params, set_trainable
+from core.model.build import build_model, count_params
 from core.model.trainable_api import trainable_api_demo
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
@@ -36,8 +36,8 @@ def expected(num_classes):
     model = build_model(ModelConfig(), num_classes, DATA.image_size, build_augmentation(AugmentConfig()))
 
     def counts(fine_tune_at: str | None, freeze_batchnorm: bool = False) -> dict:
-        set_trainable(model, fine_tune_at, freeze_batchnorm)
-        return count_params(model)
+        model.freeze(fine_tune_at, freeze_batchnorm)
+        return count_params(model.model)
 
     return counts
 
@@ -114,7 +114,7 @@ def test_missing_imagenet_weights_offer_random_weights(page, keras_home, num_cla
     assert page.session_state["model_config"] == ModelConfig(backbone="ResNet50", weights="none")
     assert "Random weights" in page.warning[0].value
     resnet = build_model(ModelConfig(backbone="ResNet50", weights="none"), num_classes, DATA.image_size)
-    assert shown_counts(page)["total_params"] == count_params(resnet)["total_params"]
+    assert shown_counts(page)["total_params"] == count_params(resnet.model)["total_params"]
 
 
 def test_trainable_api_panel_runs_the_guides_experiments_when_opened(page):

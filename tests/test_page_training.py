@@ -18,7 +18,8 @@ from streamlit.testing.v1 import AppTest
 
 from core import settings, workflow
 from core.config import AugmentConfig, DataConfig, ModelConfig, TrainConfig
-from core.model.build import count_params, set_trainable
+from core.model.build import count_params
+from core.model.classifier import Classifier
 from core.training import runs
 from pages._common import job_manager
 
@@ -233,7 +234,7 @@ def test_fine_tuning_continues_the_head_run(trained_head, runs_dir):
     assert by_label(at.radio, "Learning rate preset").value == "1/10 of the head's rate"  # the head ran at 1e-3
     assert at.slider(key="fine_tune_unfreeze_index:MobileNetV2").value == 100
     model, _ = workflow.load_run_model(run, "head")
-    set_trainable(model, "100")
+    Classifier.from_keras(model).freeze("100")
     expected = count_params(model)
     assert metric(at, "Trainable parameters") == f"{expected['trainable_params']:,}"
     assert metric(at, "Non-trainable parameters") == f"{expected['non_trainable_params']:,}"

@@ -67,7 +67,7 @@ def saved(tmp_path_factory):
         size = max(spec.min_size, 32)
         keras.utils.set_random_seed(1)
         augmentation = build_augmentation(AugmentConfig(flip="horizontal", rotation=0.2), seed=1)
-        model = build_model(ModelConfig(backbone=name, weights="none", hidden_units=8), 3, size, augmentation)
+        model = build_model(ModelConfig(backbone=name, weights="none", hidden_units=8), 3, size, augmentation).model
         images = np.random.default_rng(2).uniform(0, 255, size=(2, size, size, 3)).astype("float32")
         portable = portable_model(model)
         portable.save(folder / f"{name}.keras")

@@ -83,7 +83,7 @@ def test_the_sweep_trains_its_best_trial_as_a_run_that_loads_and_fine_tunes(tmp_
     assert [row["trial"] for row in record["trials"]] == [1, 2, 3]
     assert json.loads((sweep_run.path / workflow.SWEEP_FILE).read_text())["best_run"] == record["best_run"]
     assert record["best"]["val_accuracy"] == max(row["val_accuracy"] for row in record["trials"])
-    assert progress.snapshot()["trials"] == record["trials"]  # the live table
+    assert progress.snapshot().trials == record["trials"]  # the live table
 
     best = runs.Run(tmp_path / record["best_run"])
     assert best.status()["status"] == runs.FINISHED

@@ -16,9 +16,10 @@ from core.config import AugmentConfig, DataConfig, ModelConfig, TrainConfig
 from core.data import datasets
 from core.data.array_store import ArrayStore
 from core.model.augmentation import build_augmentation
-from core.model.build import build_model, get_backbone, set_trainable
+from core.model.build import build_model
+from core.training import fast_path
 from core.training import phases as training
-from core.training.progress import Progress
+from core.training.progress import Progress, Stopped
 
 SIZE = 96
 
@@ -46,27 +47,27 @@ def test_head_on_features_equals_the_full_model(data):
     model = new_model(data)
     result = training.train_phase(model, data, TrainConfig(epochs=2, views=2), "head", batch_size=16)
     assert result.path == "features" and len(result.history) == 2
-    part = training.frozen_part(model, set_trainable(model, None))
+    part = fast_path.frozen_part(model, model.freeze(None))
     images = data.splits["validation"][0]
-    features = training.extract(part, images, augment=False)
-    np.testing.assert_allclose(predict(part.trainable, features[0]), predict(model, images), atol=2e-3)
+    features = fast_path.extract(part, images, augment=False)
+    np.testing.assert_allclose(predict(part.trainable, features[0]), predict(model.model, images), atol=2e-3)
 
 
 def test_fine_tune_part_equals_the_full_model_across_residual_cut(data):
     model = new_model(data)
-    start = set_trainable(model, "100")
-    bottom, top = training.split_backbone(get_backbone(model), start)
+    cut = model.freeze("100")
+    bottom, top = model.split_backbone(cut)
     assert len(bottom.outputs) == 2  # a residual connection jumps over layer 100 of MobileNetV2
-    part = training.frozen_part(model, start)
+    part = fast_path.frozen_part(model, cut)
     images = data.splits["validation"][0][:16]
-    cached = training.extract(part, images, augment=False)
-    np.testing.assert_allclose(predict(part.trainable, tuple(cached)), predict(model, images), atol=2e-2)
+    cached = fast_path.extract(part, images, augment=False)
+    np.testing.assert_allclose(predict(part.trainable, tuple(cached)), predict(model.model, images), atol=2e-2)
 
 
 def test_fine_tuning_reads_the_activations_head_training_stored(data, tmp_path):
     cache = ArrayStore(tmp_path)
     model = new_model(data)
-    head = training.train_phase(model, data, TrainConfig(epochs=1, views=2), "head", batch_size=16, keep_cut=100,
+    head = training.train_phase(model, data, TrainConfig(epochs=1, views=2), "head", batch_size=16, fine_tune_cut=100,
                                 cache=cache)
     assert sorted(head.cache["computed"]) == sorted(
         [f"{output} ({where})" for output in ("features", "cut100") for where in ("view 1", "view 2", "validation")])
@@ -76,25 +77,25 @@ def test_fine_tuning_reads_the_activations_head_training_stored(data, tmp_path):
     assert tuned.path == "features" and len(tuned.history) == 1
     assert tuned.cache == {"read": ["cut100 (view 1)", "cut100 (view 2)", "cut100 (validation)"], "computed": []}
     assert "training" in stages.seen and not any("extracting" in stage for stage in stages.seen)
-    stored = training.cached_outputs(model, training.frozen_part(model, 100), data, 1, 0, cache=cache)[1]
-    fresh = training.extract(training.frozen_part(model, 100), data.splits["validation"][0], augment=False)
+    stored = fast_path.cached_outputs(model, fast_path.frozen_part(model, 100), data, 1, 0, cache=cache).validation
+    fresh = fast_path.extract(fast_path.frozen_part(model, 100), data.splits["validation"][0], augment=False)
     for a, b in zip(stored, fresh):
         np.testing.assert_array_equal(a, b)
 
 
 def test_views_are_random_augmentations_and_validation_is_clean(data):
     model = new_model(data)
-    part = training.frozen_part(model, set_trainable(model, None))
+    part = fast_path.frozen_part(model, model.freeze(None))
     images = data.splits["train"][0][:8]
-    first, second = (training.extract(part, images, augment=True)[0] for _ in range(2))
-    clean = [training.extract(part, images, augment=False)[0] for _ in range(2)]
+    first, second = (fast_path.extract(part, images, augment=True)[0] for _ in range(2))
+    clean = [fast_path.extract(part, images, augment=False)[0] for _ in range(2)]
     assert not np.allclose(first, second)
     np.testing.assert_array_equal(clean[0], clean[1])
 
 
 def test_each_epoch_reads_the_next_view():
     views = [[np.full((4, 2), v, "float32")] for v in range(3)]
-    sequence = training.ViewSequence(views, np.arange(4), batch_size=4, seed=0)
+    sequence = fast_path.ViewSequence(views, np.arange(4), batch_size=4, seed=0)
     seen = []
     for _ in range(4):
         seen.append(float(sequence[0][0][0, 0]))
@@ -104,7 +105,7 @@ def test_each_epoch_reads_the_next_view():
 
 def test_fine_tuning_on_the_fast_path_keeps_batchnorm_statistics(data):
     model = new_model(data)
-    backbone = get_backbone(model)
+    backbone = model.backbone
     norms = [layer for layer in backbone.layers[100:] if isinstance(layer, keras.layers.BatchNormalization)]
     before = [np.array(layer.moving_mean) for layer in norms]
     kernel = next(layer for layer in backbone.layers[100:] if layer.trainable_weights or isinstance(layer, keras.layers.Conv2D))
@@ -169,7 +170,7 @@ def test_stop_ends_after_the_current_batch(data):
 def test_stop_during_feature_extraction(data, tmp_path):
     progress = Progress()
     progress.request_stop()
-    with pytest.raises(training.Stopped):
+    with pytest.raises(Stopped):
         training.train_phase(new_model(data), data, TrainConfig(epochs=1), "head", progress=progress,
                              cache=ArrayStore(tmp_path))
     assert ArrayStore(tmp_path).entries() == []  # nothing half-written is kept
@@ -184,8 +185,8 @@ def test_nan_loss_is_detected(data):
 
 def test_separate_head_learning_rate(data):
     model = new_model(data)
-    logits = model.get_layer("logits")
-    top_conv = get_backbone(model).get_layer("Conv_1")
+    logits = model.head[-1]
+    top_conv = model.backbone.get_layer("Conv_1")
     head_before, conv_before = np.array(logits.kernel), np.array(top_conv.kernel)
     config = TrainConfig(epochs=1, learning_rate=1e-3, head_learning_rate=0.0, fine_tune_at="140", views=1)
     training.train_phase(model, data, config, "fine_tune", batch_size=16)

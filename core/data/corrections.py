@@ -13,13 +13,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from core import settings
+from core import atomic, settings
 from core.config import DataConfig
 from core.data.array_store import row_blocks
 from core.data.image_data import ImageData
@@ -78,14 +76,7 @@ def _write(path: Path, corrections: tuple[Correction, ...], identity: DataConfig
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"dataset": dataclasses.asdict(identity),
                        "corrections": [{"key": k, "action": a, "label": lab} for k, a, lab in corrections]}, indent=1)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_text(path, text)
 
 
 def apply(data: ImageData, corrections: tuple[Correction, ...]) -> ImageData:

@@ -8,15 +8,12 @@ it goes through the same folder loader as the user's own images.
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from core import settings
+from core import atomic, settings
 
 CLASSES = ("circle", "square", "triangle", "star")
 IMAGES_PER_CLASS = 120
@@ -74,13 +71,10 @@ def ensure_demo_dataset(cache_dir: Path | None = None) -> Path:
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{_VERSION}-", dir=target.parent))
     try:
-        generate(staging)
-        os.replace(staging, target)
+        with atomic.replacing(target, folder=True) as staging:
+            generate(staging)
     except OSError:
         if not target.is_dir():  # another process did not win the race: a real failure
             raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import stat
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
+from core import atomic
 from core.errors import UserError
 
 MiB = 1024**2
@@ -101,17 +100,10 @@ def safe_extract_zip(
         with zipfile.ZipFile(archive) as zip_file:
             members = _checked_members(zip_file, name, max_files, max_total_bytes, max_ratio)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=".extracting-", dir=dest.parent))
-            try:
+            with atomic.replacing(dest, folder=True) as staging:  # replaces the empty (or missing) dest
                 _stream_members(zip_file, members, staging, name, max_total_bytes)
-            except BaseException:
-                shutil.rmtree(staging)
-                raise
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as error:
         raise UserError(f"{name} is not a valid zip archive ({error}).", _ZIP_HINT) from None
-    if dest.exists():
-        dest.rmdir()
-    os.replace(staging, dest)
     return _data_root(dest)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from core.config import DataConfig, TrainConfig
 from core.errors import UserError
+from core.training.progress import ProgressRecord
 from core.training.runs import HISTORY_PHASES, Run
 
 #: The validation metrics overlaid when runs are compared.
@@ -142,9 +143,9 @@ def comparison_table(runs: dict[str, Run]) -> list[dict]:
     return rows
 
 
-def progress_text(snapshot: dict) -> str:
+def progress_text(record: ProgressRecord) -> str:
     """A live job's progress in a few words, e.g. "head: epoch 2 of 5"."""
-    stage = snapshot.get("stage") or "starting"
-    if stage == "training" and snapshot.get("epochs"):
-        return f"{snapshot.get('phase', '')}: epoch {snapshot.get('epoch_in_phase', 0)} of {snapshot['epochs']}"
+    stage = record.stage or "starting"
+    if stage == "training" and record.epochs:
+        return f"{record.phase or ''}: epoch {record.epoch_in_phase or 0} of {record.epochs}"
     return stage

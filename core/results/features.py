@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.model.build import feature_extractor
-from core.training.phases import Stopped
+from core.model.classifier import Classifier
+from core.training.progress import Stopped
 
 
 def pooled_features(model, images: np.ndarray, batch_size: int = 64, progress=None) -> np.ndarray:
     """Features (N, D) float32 of raw images (N, S, S, 3) in [0, 255], from `model`'s layers
-    up to its "pooling" layer, in inference mode.
+    up to its pooling (`Classifier.feature_extractor`), in inference mode.
 
     progress: an object with `update(**fields)` and `stop_requested` (a job's
     `Progress`); it gets stage="features", batch, batches. Raises `Stopped`
     when a stop is requested between batches.
     """
-    extractor = feature_extractor(model)
+    extractor = Classifier.from_keras(model).feature_extractor()
     batches = -(-len(images) // batch_size)
     parts = []
     for batch in range(batches):

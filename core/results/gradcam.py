@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageOps
 
-from core.model.build import gradcam_parts
+from core.model.classifier import Classifier
 
 #: Weight of the heatmap in an overlay (the Keras example's 0.4).
 OVERLAY_ALPHA = 0.4
@@ -35,8 +35,10 @@ def heatmaps(model: keras.Model, images: np.ndarray, class_index: int | None = N
     class_index: the class to explain for every image; None = each image's predicted class.
     Returns (heatmaps float32 (N, h, w) in [0, 1], where h x w is the last
     convolutional feature map's size; the explained class per image, int64 (N,)).
+    Raises UserError for a model this app did not build or a backbone without a
+    convolutional feature map.
     """
-    return grad_cam(gradcam_parts(model), images, class_index, batch_size)
+    return grad_cam(Classifier.from_keras(model).gradcam_parts(), images, class_index, batch_size)
 
 
 def grad_cam(parts: GradcamParts, images: np.ndarray, class_index: int | None = None,

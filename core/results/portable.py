@@ -29,7 +29,7 @@ import keras
 import numpy as np
 
 from core.model.backbones import _CAFFE_MEAN_BGR, _TORCH_MEAN, _TORCH_STD
-from core.model.build import get_backbone, head_layers
+from core.model.classifier import Classifier
 
 #: The layer that takes over from the project's `Preprocess`.
 PREPROCESSING = "preprocessing"
@@ -68,12 +68,14 @@ def portable_model(model: keras.Model) -> keras.Model:
     loads it where this project is not installed. Called with `training=True`
     (e.g. to fine-tune it elsewhere) its BatchNormalization and Dropout train,
     as any Keras model's do; the run's own checkpoints keep the wrapper.
+    Raises UserError for a model this app did not build.
     """
+    parts = Classifier.from_keras(model)
     inputs = keras.Input(shape=model.inputs[0].shape[1:], dtype="float32", name="pixels")
-    layer = preprocessing_layer(model.get_layer("preprocess").mode)
+    layer = preprocessing_layer(parts.preprocess.mode)
     x = layer(inputs) if layer is not None else inputs
-    x = get_backbone(model)(x)
-    for head_layer in head_layers(model):
+    x = parts.pooling(parts.backbone(x))
+    for head_layer in parts.head:
         x = head_layer(x)
     return keras.Model(inputs, x, name=model.name)
 

@@ -13,9 +13,9 @@ scaled by the global batch size (`tf.nn.compute_average_loss`) and the Keras opt
 `apply_gradients` sums the gradients over all replicas. Validation counts (loss sum,
 correct, images) are summed over the cluster, so every machine sees the same scores.
 
-The phase logic is the single-machine one: `core.model.build` freezes the backbone for
+The phase logic is the single-machine one: `Classifier.freeze` freezes the backbone for
 the head and unfreezes from the cut for fine-tuning, and the same Keras callbacks
-(`core.training.phases`' `Recorder`, early stopping, ReduceLROnPlateau) are driven by the
+(`core.training.callbacks`: `Recorder`, early stopping, ReduceLROnPlateau) are driven by the
 loop through a `keras.callbacks.CallbackList`. Every decision that ends a loop (a stop
 request, a NaN loss, early stopping) is taken on values summed over the cluster, so all
 machines leave the loop at the same step; a machine that left alone would wait forever
@@ -41,7 +41,9 @@ from core.data.image_data import ImageData
 from core.errors import UserError
 from core.model import build as model_lib
 from core.model.augmentation import build_augmentation
-from core.training.phases import PhaseResult, Recorder, _callbacks, class_weights
+from core.model.classifier import Classifier
+from core.training.callbacks import Recorder, phase_callbacks
+from core.training.phases import PhaseResult, class_weights
 
 
 @dataclass(frozen=True)
@@ -98,17 +100,17 @@ class ClusterModel:
     """The run's model, made under `strategy.scope()` and trained by every machine in step.
 
     `config` is the run's `RunConfig`; `num_classes` comes from the data. The model is
-    `core.model.build.build_model`'s, seeded with `config.seed`.
+    `core.model.build.build_model`'s (a `Classifier`), seeded with `config.seed`.
     """
 
     def __init__(self, strategy: tf.distribute.Strategy, config: RunConfig, num_classes: int):
         self.strategy, self.config, self.num_classes = strategy, config, num_classes
         keras.utils.set_random_seed(config.seed)
         with strategy.scope():
-            self.model = self._build()
-        self._local: keras.Model | None = None
+            self.classifier = self._build()
+        self._local: Classifier | None = None
 
-    def _build(self) -> keras.Model:
+    def _build(self) -> Classifier:
         config = self.config
         return model_lib.build_model(config.model, self.num_classes, config.data.image_size,
                                      build_augmentation(config.augment, seed=config.seed))
@@ -136,7 +138,7 @@ class ClusterModel:
                     progress=None, on_epoch=None) -> PhaseResult:
         """Train one phase ("head" or "fine_tune") on every machine of the cluster.
 
-        Freezes per `config.fine_tune_at` (`set_trainable`), makes the phase's optimizer
+        Freezes per `config.fine_tune_at` (`Classifier.freeze`), makes the phase's optimizer
         (and the head's own, with `config.head_learning_rate`) under the strategy, and
         runs `config.epochs` epochs (numbered after `epoch_offset`) over the training
         split in global batches of `RunConfig.data.batch_size` images, shuffled with
@@ -146,8 +148,8 @@ class ClusterModel:
         Returns the `PhaseResult` (path "full"; `trained` is the distributed model).
         """
         started = time.perf_counter()
-        model, strategy = self.model, self.strategy
-        model_lib.set_trainable(model, config.fine_tune_at, config.freeze_batchnorm)
+        model, strategy = self.classifier.model, self.strategy
+        self.classifier.freeze(config.fine_tune_at, config.freeze_batchnorm)
         labels = data.splits["train"][1]
         batch_size = min(self.config.data.batch_size, len(labels))
         keras.utils.set_random_seed(seed)
@@ -156,7 +158,7 @@ class ClusterModel:
             head_ids = set()
             head_optimizer = None
             if config.head_learning_rate is not None and config.fine_tune_at is not None:
-                head_ids = {id(v) for layer in model_lib.head_layers(model) for v in layer.trainable_weights}
+                head_ids = self.classifier.head_weight_ids()
                 head_optimizer = model_lib.make_optimizer(config.optimizer, config.head_learning_rate)
                 head_optimizer.build([v for v in model.trainable_variables if id(v) in head_ids])
             model.optimizer.build([v for v in model.trainable_variables if id(v) not in head_ids])
@@ -205,9 +207,9 @@ class ClusterModel:
             if progress is not None:
                 progress.update(initial=initial)
         synced = _SyncedStop(progress)
-        recorder = Recorder(phase, "full", math.ceil(len(labels) / batch_size), batch_size, synced, on_epoch,
-                            config.epochs, epoch_offset)
-        callbacks = keras.callbacks.CallbackList(_callbacks(config, recorder), model=model)
+        recorder = Recorder(phase=phase, path="full", steps=math.ceil(len(labels) / batch_size), batch_size=batch_size,
+                            progress=synced, on_epoch=on_epoch, epochs=config.epochs, offset=epoch_offset)
+        callbacks = keras.callbacks.CallbackList(phase_callbacks(config, recorder), model=model)
         model.stop_training = False
         callbacks.on_train_begin()
         for epoch in range(epoch_offset, epoch_offset + config.epochs):
@@ -224,9 +226,10 @@ class ClusterModel:
             if model.stop_training:
                 break
         callbacks.on_train_end()
-        return PhaseResult(phase, recorder.path, recorder.records, time.perf_counter() - started, recorder.stopped,
-                           initial, recorder.nan_epoch, model,
-                           {"best": recorder.best_weights, "final": recorder.final_weights})
+        return PhaseResult(phase=phase, path=recorder.path, history=recorder.records,
+                           seconds=time.perf_counter() - started, stopped=recorder.stopped, initial=initial,
+                           nan_epoch=recorder.nan_epoch, trained=model,
+                           weights={"best": recorder.best_weights, "final": recorder.final_weights})
 
     def local_copy(self, result: PhaseResult, config: TrainConfig) -> PhaseResult:
         """`result` with a plain model (made outside the strategy, frozen as `config` says,
@@ -234,9 +237,9 @@ class ClusterModel:
         model of the strategy would wait for the other machines in every `predict`."""
         if self._local is None:
             self._local = self._build()
-        model_lib.set_trainable(self._local, config.fine_tune_at, config.freeze_batchnorm)
-        self._local.set_weights(result.weights["final"])
-        return dataclasses.replace(result, trained=self._local)
+        self._local.freeze(config.fine_tune_at, config.freeze_batchnorm)
+        self._local.model.set_weights(result.weights["final"])
+        return dataclasses.replace(result, trained=self._local.model)
 
 
 class _SyncedStop:

@@ -35,6 +35,7 @@ from core.data.image_cache import content_digest
 from core.data.image_data import ImageData
 from core.model.augmentation import build_augmentation
 from core.model.build import POOLING_LAYERS
+from core.model.classifier import Classifier
 
 #: Bump when what is stored changes (dtype, extraction), so old entries are not read.
 FORMAT = 1
@@ -135,17 +136,17 @@ class Context:
         return shared
 
 
-def context(model: keras.Model, backbone: keras.Model, cuts: list[int | None], data: ImageData, seed: int,
-            augmentation: keras.Layer | None, pooling: str, probe: dict | None = None,
-            held_out: tuple[str, ...] = ()) -> Context:
-    """The `Context` of `model` (whose `backbone` is frozen below each of `cuts`; None
-    = the whole backbone, for pooled features) on `data`'s train and validation splits
+def context(classifier: Classifier, cuts: list[int | None], data: ImageData, seed: int,
+            probe: dict | None = None, held_out: tuple[str, ...] = ()) -> Context:
+    """The `Context` of `classifier` (its backbone frozen below each of `cuts`; None =
+    the whole backbone, for pooled features) on `data`'s train and validation splits
     and the `held_out` ones (e.g. "test", keyed like validation)."""
+    backbone = classifier.backbone
     frozen = {output_name(cut): weights_digest(backbone.layers if cut is None else backbone.layers[:cut])
               for cut in cuts}
     splits = {split: content_digest(*data.splits[split]) for split in ("train", "validation", *held_out)}
-    return Context(frozen, backbone.name, int(data.splits["train"][0].shape[1]), pooling, splits,
-                   augment_text(augmentation), seed, probe)
+    return Context(frozen, backbone.name, int(data.splits["train"][0].shape[1]), type(classifier.pooling).__name__,
+                   splits, augment_text(classifier.augmentation), seed, probe)
 
 
 def augment_text(augmentation: keras.Layer | None) -> str | None:

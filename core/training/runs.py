@@ -12,7 +12,7 @@ A run is one folder under the runs directory::
         metrics.json    written by evaluation (any name via `write_json`)
         best.keras, head.keras, final.keras
 
-Every JSON file is written atomically (temp file + `os.replace`), so a crash
+Every JSON file and model is written atomically (`core.atomic`), so a crash
 leaves either the old or the new file, never half of one. status.json records
 which process owns a queued or running run; when that process is gone the run
 reads as "interrupted".
@@ -25,7 +25,6 @@ import json
 import os
 import secrets
 import shutil
-import tempfile
 import threading
 import time
 from contextlib import contextmanager, suppress
@@ -33,6 +32,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+from core import atomic
 from core import config as config_io
 from core.config import RunConfig
 from core.errors import UserError
@@ -63,26 +65,17 @@ _STATUS_LOCK = threading.RLock()
 # --- which process owns a run --------------------------------------------------
 
 def process_start_token(pid: int) -> str | None:
-    """An id of the process `pid` that a recycled pid does not share.
-
-    Boot id plus start time in clock ticks (Linux /proc); None where /proc is
-    missing, or the process does not exist or is a zombie.
+    """An id of the process `pid` that a recycled pid does not share: its creation
+    time (`psutil.Process.create_time`, seconds since the epoch) as text. None when
+    the process does not exist, is a zombie or cannot be inspected.
     """
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        process = psutil.Process(pid)
+        if process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return None
+        return repr(process.create_time())
+    except psutil.Error:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()  # fields[0] is field 3 (state)
-    if fields[0] in ("Z", "X"):
-        return None
-    return f"{_boot_id()}:{fields[19]}"  # field 22: starttime
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
 
 
 def _new_process_token() -> str:
@@ -106,33 +99,21 @@ def _this_process() -> dict:
     return {"pid": pid, "pid_start": process_start_token(pid), "process_token": _PROCESS_TOKEN}
 
 
-def _pid_exists(pid: int) -> bool:
-    if Path("/proc/self").exists():
-        return process_start_token(pid) is not None
-    if os.name != "posix":
-        return True  # no safe liveness check here: never call a run interrupted wrongly
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def owner_alive(status: dict) -> bool:
     """Whether the process recorded in a status dict still exists.
 
     This process owns its own queued and running jobs. Another process counts
-    only if its pid exists and, where known, its start token still matches.
+    only if its pid exists (`psutil.pid_exists`), is not a zombie and, where known,
+    its start token still matches (a recycled pid does not).
     """
     if status.get("process_token") == _PROCESS_TOKEN:
         return True
     pid = status.get("pid")
-    if not isinstance(pid, int) or pid <= 0 or not _pid_exists(pid):
+    if not isinstance(pid, int) or pid <= 0 or not psutil.pid_exists(pid):
         return False
+    current = process_start_token(pid)
     recorded = status.get("pid_start")
-    return recorded is None or recorded == process_start_token(pid)
+    return current is not None and (recorded is None or recorded == current)
 
 
 # --- safe writes -----------------------------------------------------------------
@@ -156,20 +137,6 @@ def _writing(directory: Path):
         yield
     except OSError as error:
         raise _storage_error(directory, error) from error
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _read_json_file(path: Path, default: Any = None) -> Any:
@@ -227,7 +194,7 @@ class Run:
             run = cls(path)
             # status first: a folder with config.json always has a status
             run.set_status(QUEUED, created=time.time())
-            _atomic_write_text(path / CONFIG_FILE, config_io.dumps(config))
+            atomic.write_text(path / CONFIG_FILE, config_io.dumps(config))
         return run
 
     @cached_property
@@ -290,7 +257,7 @@ class Run:
     def write_progress(self, fields: dict) -> None:
         """Replace progress.json with `fields` (atomically; a reader sees old or new)."""
         with _writing(self.path):
-            _atomic_write_text(self.path / PROGRESS_FILE, json.dumps(fields, sort_keys=True))
+            atomic.write_text(self.path / PROGRESS_FILE, json.dumps(fields, sort_keys=True))
 
     def progress(self) -> dict:
         """The last progress the run's job wrote ({} before its first write).
@@ -381,20 +348,14 @@ class Run:
 
     def _replace_model(self, kind: str, write) -> Path:
         target = self.model_path(kind)
-        tmp = self.path / f".{kind}-{secrets.token_hex(4)}.tmp.keras"
-        try:
-            with _writing(self.path):
-                write(tmp)
-                os.replace(tmp, target)
-        finally:
-            with suppress(OSError):
-                tmp.unlink()
+        with _writing(self.path), atomic.replacing(target) as temporary:
+            write(temporary)
         return target
 
     def write_json(self, name: str, obj: Any) -> None:
         """Write `obj` as JSON to `name` in the run folder, atomically."""
         with _writing(self.path):
-            _atomic_write_text(self.path / name, json.dumps(obj, indent=2, sort_keys=True))
+            atomic.write_text(self.path / name, json.dumps(obj, indent=2, sort_keys=True))
 
     def read_json(self, name: str, default: Any = None) -> Any:
         """The JSON in `name`, or `default` when the file does not exist."""

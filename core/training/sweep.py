@@ -20,7 +20,8 @@ import optuna
 
 from core.config import ModelConfig, RunConfig
 from core.model import build as model_lib
-from core.training.phases import ViewSequence, class_weights
+from core.training.fast_path import ViewSequence
+from core.training.phases import class_weights
 
 #: The head settings searched, with their ranges (learning rate log-uniform).
 SPACE = {

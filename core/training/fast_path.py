@@ -1,0 +1,248 @@
+"""The fast path: what is frozen runs once, and its outputs are cached.
+
+Whatever is frozen computes the same outputs every epoch, so it runs once and
+its outputs go to the feature cache (`core.training.feature_cache`), where any
+later run with the same frozen part, data and views reads them. For head
+training the cached tensors are the pooled backbone features (bottleneck
+features); for fine-tuning from cut N they are the activations entering backbone
+layer N. Data augmentation is kept: the cache holds several random augmented
+views of every image (`TrainConfig.views`) and each epoch trains on a different
+view. The trainable part is built from the very same layer objects as the full
+model (`Classifier.split`), so training it trains the full model: its head (and
+unfrozen top) are in place for fine-tuning and export with no copying.
+
+Follows the Keras guide "Transfer learning & fine-tuning" (feature extraction:
+run the base once, train a small model on its outputs) and Deep Learning with
+Python §5.3 ("fast feature extraction without data augmentation"), extended to
+augmented views and to a cut inside the backbone.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from core.data.array_store import ArrayStore, make_key, read_rows, write_rows
+from core.data.image_data import ImageData
+from core.model.classifier import Classifier
+from core.training import feature_cache
+from core.training.progress import Stopped
+
+#: Images per batch when running the frozen part.
+EXTRACT_BATCH = 32
+
+
+@dataclass
+class FrozenPart:
+    """The frozen computation whose outputs the fast path caches, and the trainable rest.
+
+    extract: raw pixels float32 (N, S, S, 3) -> list of float32 tensors (see `Classifier.split`).
+    trainable: a Keras model from those tensors to the logits.
+    cut: the first trainable backbone layer (`depth` for head training).
+    """
+
+    extract: Callable
+    trainable: keras.Model
+    cut: int
+    augmentation: keras.Layer | None = None
+    traced: dict = field(default_factory=dict)
+
+    def function(self, augment: bool, image_shape) -> Callable:
+        """`extract` as a tf.function traced once per mode for any batch size; with
+        `augment`, the Random* layers draw new values at every call."""
+        if augment not in self.traced:
+            augmentation = self.augmentation if augment else None
+
+            @tf.function(input_signature=[tf.TensorSpec((None, *image_shape), tf.float32)])
+            def run(batch):
+                return self.extract(augmentation(batch, training=True) if augmentation is not None else batch)
+
+            self.traced[augment] = run
+        return self.traced[augment]
+
+
+def frozen_part(classifier: Classifier, cut: int, fine_tune_cut: int | None = None) -> FrozenPart:
+    """`classifier` split at `cut` (from `Classifier.freeze`).
+
+    For head training (`cut == classifier.depth`) with `fine_tune_cut`, the
+    extraction also returns the activations entering backbone layer
+    `fine_tune_cut`, after the features, for a later fine-tuning from there.
+    """
+    extract, trainable = classifier.split(cut, fine_tune_cut)
+    return FrozenPart(extract=extract, trainable=trainable, cut=cut, augmentation=classifier.augmentation)
+
+
+def extract(part: FrozenPart, images: np.ndarray, augment: bool, progress=None, label: str = "",
+            allocate: Callable[[list[tuple[tuple, str]]], list[np.ndarray]] | None = None) -> list[np.ndarray]:
+    """Run the frozen part over `images` (N, H, W, 3) once, with random augmentation if asked.
+
+    Returns its outputs as float16 arrays with N rows. `allocate([(shape, dtype), ...])`
+    gives the arrays to fill (memory maps of the feature cache, say), so the outputs
+    never need to fit in memory; by default they are `np.empty`. Progress gets
+    stage "extracting features <label>", batch, batches, images_per_second and
+    eta_seconds. Raises `Stopped` when the progress asks to stop.
+    """
+    run = part.function(augment, images.shape[1:])
+    allocate = allocate or (lambda specs: [np.empty(shape, dtype) for shape, dtype in specs])
+    outputs, started = None, time.perf_counter()
+    total = math.ceil(len(images) / EXTRACT_BATCH)
+    for index, start in enumerate(range(0, len(images), EXTRACT_BATCH)):
+        if progress is not None and progress.stop_requested:
+            raise Stopped
+        batch = [t.numpy() for t in run(tf.cast(read_rows(images, start, start + EXTRACT_BATCH), tf.float32))]
+        if outputs is None:
+            outputs = allocate([((len(images), *t.shape[1:]), "float16") for t in batch])
+        for out, t in zip(outputs, batch):
+            write_rows(out, start, t)
+        if progress is not None:
+            elapsed = time.perf_counter() - started
+            progress.update(stage=f"extracting features {label}".strip(), batch=index + 1, batches=total,
+                            images_per_second=min(start + EXTRACT_BATCH, len(images)) / max(elapsed, 1e-9),
+                            eta_seconds=elapsed / (index + 1) * (total - index - 1))
+    return outputs
+
+
+@dataclass
+class CachedOutputs:
+    """The frozen part's outputs for a phase, as `cached_outputs` returns them.
+
+    views: per augmented view of the training split, the list of arrays (N, ...) float16.
+    validation: the list of arrays of the unaugmented validation split.
+    held_out: split -> the list of arrays of each further unaugmented split asked for ("test").
+    read / computed: labels of the feature-cache entries read and computed.
+    Arrays are memory maps of the cache (in memory when the cache could not keep them).
+    """
+
+    views: list[list[np.ndarray]]
+    validation: list[np.ndarray]
+    held_out: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    read: list[str] = field(default_factory=list)
+    computed: list[str] = field(default_factory=list)
+
+
+def cached_outputs(classifier: Classifier, part: FrozenPart, data: ImageData, views: int, seed: int, *,
+                   fine_tune_cut: int | None = None, probe: dict | None = None, progress=None,
+                   cache: ArrayStore | None = None, held_out: tuple[str, ...] = ()) -> CachedOutputs:
+    """The frozen part's outputs for `views` augmented views of the training images and for
+    the validation images, read from the feature cache where their key matches and
+    computed (and stored) where it does not.
+
+    `part` is `frozen_part(classifier, cut, fine_tune_cut)`: with the whole backbone
+    frozen (head training) the outputs are the pooled features, float16 (N, D); with a
+    cut inside it (fine-tuning) the activations entering layer `cut`, float16, one
+    array per tensor crossing the cut. Head training with `fine_tune_cut` also stores
+    the activations at that cut, in the same pass, for a later fine-tuning. View v is
+    augmented with `feature_cache.seed_view(seed, v)`. `probe` is stored with each
+    entry (see `feature_cache.Context.probe`). `held_out` names further unaugmented
+    splits ("test") cached and keyed like validation, so evaluating on them does not run
+    the frozen part again.
+    Raises `Stopped` when the progress asks to stop (nothing half-written is kept).
+    """
+    cache = cache or feature_cache.store()
+    head = part.cut == classifier.depth
+    cuts = ([None, fine_tune_cut] if fine_tune_cut is not None else [None]) if head else [part.cut]
+    names = [feature_cache.output_name(cut) for cut in cuts]
+    parts = {names[0]: slice(0, 1), names[1]: slice(1, None)} if len(names) == 2 else {names[0]: slice(0, None)}
+    augmentation = classifier.augmentation
+    ctx = feature_cache.context(classifier, cuts, data, seed, probe, held_out)
+    result = CachedOutputs(views=[], validation=[])
+    found: dict = {}
+    for split, view in [("train", v) for v in range(views)] + [(s, None) for s in ("validation", *held_out)]:
+        requests = [feature_cache.Request(name, split, view) for name in names]
+        entries = {request: cache.get(feature_cache.key(ctx, request)) for request in requests}
+        missing = [request for request in requests if entries[request] is None]
+        if missing:
+            if view is not None:
+                feature_cache.reseed(augmentation, feature_cache.seed_view(seed, view))
+            label = f"(view {view + 1}/{views})" if view is not None else f"({split})"
+            with contextlib.ExitStack() as stack:
+                writers = {request.output: stack.enter_context(cache.writer(
+                    feature_cache.key(ctx, request),
+                    {"probe": _probe_key(ctx, request), "label": request.label})) for request in missing}
+                computed = extract(part, data.splits[split][0], view is not None, progress, label,
+                                   _allocator(parts, writers))
+            for request in missing:
+                entries[request] = cache.get(feature_cache.key(ctx, request)) or _Unstored(
+                    computed[parts[request.output]])
+            result.computed += [request.label for request in missing]
+        result.read += [request.label for request in requests if request not in missing]
+        if progress is not None and not missing:
+            progress.update(stage=f"reading cached features ({split})")
+        found[split, view] = entries[requests[0]]
+    result.views = [_arrays(found["train", v]) for v in range(views)]
+    result.validation = _arrays(found["validation", None])
+    result.held_out = {split: _arrays(found[split, None]) for split in held_out}
+    return result
+
+
+@dataclass
+class _Unstored:
+    """Outputs the cache could not keep (larger than its bound): used from memory."""
+
+    values: list[np.ndarray]
+
+
+def _arrays(entry) -> list[np.ndarray]:
+    if isinstance(entry, _Unstored):
+        return entry.values
+    return [entry.arrays[name] for name in sorted(entry.arrays, key=int)]
+
+
+def _probe_key(ctx: feature_cache.Context, request: feature_cache.Request) -> str | None:
+    fields = ctx.probe_fields(request)
+    return None if fields is None else make_key(fields)
+
+
+def _allocator(parts: dict[str, slice], writers: dict):
+    """Allocate extraction outputs: those of a missing entry as its writer's memory maps."""
+
+    def allocate(specs):
+        arrays = []
+        for name, where in parts.items():
+            chosen = specs[where]
+            if name in writers:
+                arrays += [writers[name].array(str(i), shape, dtype) for i, (shape, dtype) in enumerate(chosen)]
+            else:
+                arrays += [np.empty(shape, dtype) for shape, dtype in chosen]
+        return arrays
+
+    return allocate
+
+
+class ViewSequence(keras.utils.PyDataset):
+    """Batches of cached tensors; each epoch reads the next augmented view, reshuffled.
+
+    views: per view, the list of arrays (N, ...) (float16 is cast to float32 per
+    batch); labels: int (N,); sample_weights: float32 (N,) or None. `seed` seeds the
+    shuffling.
+    """
+
+    def __init__(self, views: list[list[np.ndarray]], labels, batch_size, seed, sample_weights=None):
+        super().__init__()
+        self.views, self.labels, self.batch_size = views, labels, batch_size
+        self.sample_weights = sample_weights
+        self.rng = np.random.default_rng(seed)
+        self.epoch = 0
+        self.order = self.rng.permutation(len(labels))
+
+    def __len__(self):
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def __getitem__(self, index):
+        chosen = np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
+        view = self.views[self.epoch % len(self.views)]
+        inputs = tuple(part[chosen].astype("float32") for part in view)
+        inputs = inputs[0] if len(inputs) == 1 else inputs
+        if self.sample_weights is None:
+            return inputs, self.labels[chosen]
+        return inputs, self.labels[chosen], self.sample_weights[chosen]
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self.order = self.rng.permutation(len(self.labels))
