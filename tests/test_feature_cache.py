@@ -366,3 +366,17 @@ def test_the_page_probe_says_cached_after_a_head_job_with_the_same_settings(tmp_
     history = run.history()
     np.testing.assert_allclose(tags[("validation", "epoch_accuracy")], [r["val_accuracy"] for r in history],
                                rtol=1e-5)
+
+
+def test_a_float_view_of_a_cached_split_streams_with_its_own_dtype(tmp_path):
+    """`split.astype("float32")` of a memory map is still an np.memmap (not backed by a
+    file): predicting on it must stream float32 batches, not declare them uint8."""
+    with ArrayStore(tmp_path / "store").writer("k") as writer:
+        writer.array("0", (5, 8, 8, 3), "uint8")[:] = np.arange(5 * 8 * 8 * 3).reshape(5, 8, 8, 3) % 251
+    stored = ArrayStore(tmp_path / "store").get("k").arrays["0"]
+    floats = stored[::2].astype("float32")
+    assert isinstance(floats, np.memmap)
+    from core.data.image_data import images_dataset
+
+    batches = [batch.numpy() for batch in images_dataset(floats, None, 2)]
+    np.testing.assert_array_equal(np.concatenate(batches), np.asarray(floats))

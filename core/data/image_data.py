@@ -125,11 +125,13 @@ def images_dataset(images: np.ndarray, labels: np.ndarray | None, batch_size: in
                 np.zeros((0, *images.shape[1:]), images.dtype)
         return (batch, labels[index]) if labels is not None else batch
 
+    dtype = tf.as_dtype(images.dtype)  # uint8 pixels from the cache; any dtype a memory map (or a view of one) has
+
     def load(index):
         if labels is None:
-            batch = tf.numpy_function(rows, [index], tf.uint8)
+            batch = tf.numpy_function(rows, [index], dtype)
             return tf.ensure_shape(batch, (None, *images.shape[1:]))
-        batch, batch_labels = tf.numpy_function(rows, [index], (tf.uint8, tf.int32))
+        batch, batch_labels = tf.numpy_function(rows, [index], (dtype, tf.int32))
         return tf.ensure_shape(batch, (None, *images.shape[1:])), tf.ensure_shape(batch_labels, (None,))
 
     dataset = tf.data.Dataset.range(len(images))
