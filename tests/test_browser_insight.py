@@ -55,5 +55,7 @@ def test_heatmaps_and_a_confusion_cell_drilldown_open_without_an_error(browser_p
     expect(cell.get_by_role("combobox")).to_have_value(re.compile(r"^true red → predicted red \(\d+\)$"))
     count = int(re.search(r"\((\d+)\)$", cell.get_by_role("combobox").input_value()).group(1))
     table = page.get_by_test_id("stDataFrame").filter(has=page.locator("text=test image")).last
+    # The table redraws after the selectbox: wait for the cell's rows, not the previous cell's.
+    expect(table.locator('table[role="grid"] tbody tr')).to_have_count(count, timeout=60_000)
     assert len(dataframe_rows(table)) == count
     assert_no_errors(page)
