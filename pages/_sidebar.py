@@ -32,14 +32,16 @@ def _data_name(data) -> str:
 
 
 def workflow_steps() -> list[tuple[str, bool]]:
-    """Each step of the workflow and whether the session has done it; the training
-    steps follow the run the session follows (read from its run folder)."""
+    """Each step of the workflow and whether the session has done it; the steps follow
+    the run the session follows (read from its run folder): a run that trained had its
+    data loaded and its augmentation chosen, also in a session reopened from its link."""
     session = st.session_state
     run = followed_run() or open_run(session.get("head_run_id"))
     metrics = run.read_json("metrics.json", default={}) if run is not None else {}
+    trained = "head" in metrics
     return [
-        ("Data loaded", bool(session.get("data_loaded"))),
-        ("Augmentation previewed", bool(session.get("augmentation_previewed"))),
+        ("Data loaded", bool(session.get("data_loaded")) or trained),
+        ("Augmentation previewed", bool(session.get("augmentation_previewed")) or trained),
         ("Head trained", "head" in metrics),
         ("Fine-tuned", "fine_tune" in metrics),
     ]
@@ -54,7 +56,9 @@ def job_status() -> str:
     queue = f" {waiting} queued on this server." if waiting else ""
     if status in runs.ACTIVE_STATUSES:
         return f"Run `{run.id}` is {status}." + queue
-    training = len(manager.running())
+    # A job whose run has ended may still be running for a moment (its process exiting): not counted.
+    training = sum(1 for job in manager.running()
+                   if job.run_id != (run.id if run else None) and run_status(job.run) in runs.ACTIVE_STATUSES)
     if training:
         return f"None of your runs is training; this server is training {training} other run(s)." + queue
     return "Nothing is training on this server." + queue

@@ -94,7 +94,7 @@ def job_panel(run: runs.Run, smoothing: float = 0.0, results=None) -> None:
         if status["status"] != drawn:
             st.rerun()  # the page (and the sidebar) follow the new state
         _panel(run, status, smoothing)
-        if results is not None:
+        if results is not None and status["status"] not in runs.ACTIVE_STATUSES:  # not while saving, evaluating
             results(run)
 
     panel()
@@ -164,6 +164,10 @@ def failure_ui(status: dict, what: str = "The job") -> None:
         st.info(status["hint"], icon=":material/lightbulb:")
 
 
+#: How the progress names a phase (`ProgressRecord.phase`).
+PHASE_NAMES = {"head": "Head", "fine_tune": "Fine-tuning"}
+
+
 def progress_ui(record: ProgressRecord) -> None:
     """A job's progress record (stage, epoch, batch, rate, ETA, metrics) as progress bars and captions."""
     stage = record.stage or "starting"
@@ -174,14 +178,14 @@ def progress_ui(record: ProgressRecord) -> None:
     epochs = record.epochs
     if stage == "training" and epochs:
         done = record.epoch_in_phase or 0
-        st.progress(min(done / epochs, 1.0), text=f"{record.phase or ''}: epoch {done} of {epochs}")
+        st.progress(min(done / epochs, 1.0),
+                    text=f"{PHASE_NAMES.get(record.phase, record.phase or '')}: {done} of {epochs} epochs done")
     batches = record.batches or 0
     if batches and (stage in BATCH_STAGES or stage.startswith("extracting features")):
         batch = record.batch or 0
-        eta = record.eta_seconds or 0.0
-        st.progress(min(batch / batches, 1.0),
-                    text=f"{stage}: batch {batch} of {batches} · {record.images_per_second or 0:.0f} images/s"
-                         f" · ETA {eta:.0f} s")
+        rate = (f"{record.images_per_second or 0:.0f} images/s · ETA {record.eta_seconds or 0.0:.0f} s" if batch
+                else "measuring speed...")  # no rate or ETA before the first batch has ended
+        st.progress(min(batch / batches, 1.0), text=f"{stage}: batch {batch} of {batches} · {rate}")
     else:
         st.progress(0.0, text=f"{stage}...")
     metrics = record.metrics or {}
