@@ -111,11 +111,11 @@ def _load_data(config: DataConfig) -> datasets.ImageData:
         bar.empty()
 
 
-def current_data() -> datasets.ImageData | None:
-    """The dataset for the current data config, loaded once per server; None (with an
-    error box shown) when it cannot be loaded."""
+def current_data(config: DataConfig | None = None) -> datasets.ImageData | None:
+    """The dataset for `config` (default: the session's data config), loaded once per
+    server; None (with an error box shown) when it cannot be loaded."""
     try:
-        return _load_data(state("data_config"))
+        return _load_data(config or state("data_config"))
     except UserError as error:
         show_error(error)
         return None

@@ -85,11 +85,15 @@ with st.form("data_form"):
         if source in ("folder", "zip") and not name:
             st.warning("Choose a folder or upload a zip first.")
         else:
-            st.session_state["data_config"] = DataConfig(
+            chosen = DataConfig(
                 source=source, name=name, tfds_splits=splits, val_fraction=val_fraction,
                 test_fraction=test_fraction, image_size=image_size, batch_size=batch_size, seed=int(seed),
                 drop_duplicates=drop_duplicates,
             )
+            if current_data(chosen) is not None:  # a refused dataset (error shown) leaves the current one in place
+                st.session_state["data_config"] = chosen
+            else:
+                st.caption("The dataset below is still the one loaded before.")
 
 use_marked_corrections()
 data = current_data()

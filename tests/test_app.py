@@ -126,7 +126,18 @@ def test_folder_outside_the_data_root_shows_an_error_box(data_root):
     at = load_folder_through_form(start_app(), "../outside")
     assert not at.exception
     assert "outside the data root" in at.error[0].value
-    assert not at.image
+    assert at.session_state["data_config"] == SMALL_DEMO, "a refused folder loses nothing: the demo stays loaded"
+    assert "still the one loaded before" in " ".join(caption.value for caption in at.caption)
+
+
+def test_a_missing_folder_names_the_folders_there_and_keeps_the_current_dataset(data_root):
+    write_class_folders(data_root / "colours", {"dark": 3, "light": 3})
+    at = load_folder_through_form(start_app(), "colors")
+    assert not at.exception
+    assert f"There is no folder {data_root / 'colors'}." in at.error[0].value
+    assert f"Folders in {data_root}: colours." in at.info[0].value
+    assert at.session_state["data_config"] == SMALL_DEMO
+    assert at.image, "the demo's samples are still shown"
 
 
 def test_folder_with_one_class_shows_an_error_box(data_root):
@@ -135,6 +146,7 @@ def test_folder_with_one_class_shows_an_error_box(data_root):
     assert not at.exception
     assert "needs at least two classes" in at.error[0].value
     assert at.info, "the error box comes with a hint"
+    assert at.session_state["data_config"] == SMALL_DEMO
 
 
 def test_augmentation_page_previews_new_views_and_keeps_the_config():

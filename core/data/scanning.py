@@ -107,6 +107,18 @@ class _Walker:
         return str(path.relative_to(self.top)) if path.is_relative_to(self.top) else str(path)
 
 
+def _not_a_folder(folder: Path) -> UserError:
+    """The error for a dataset path that is not a folder, naming the folders beside it."""
+    if folder.exists():
+        return UserError(f"{folder} is a file, not a folder.", "Choose a folder that holds one subfolder per class.")
+    parent = folder.parent
+    siblings = sorted(p.name for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if parent.is_dir() else []
+    hint = (f"Folders in {parent}: {', '.join(siblings[:10])}." if siblings
+            else f"{parent} holds no folders." if parent.is_dir() else f"{parent} does not exist either.")
+    return UserError(f"There is no folder {folder}.", hint + " Choose a folder that holds one subfolder per class.")
+
+
 def scan_folder(folder: Path, root: Path | None = None) -> Scan:
     """Find image files by split and class under `folder`, confined to `root`.
 
@@ -123,7 +135,7 @@ def scan_folder(folder: Path, root: Path | None = None) -> Scan:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"{folder} is not a folder.", "Choose a folder that holds one subfolder per class.")
+        raise _not_a_folder(folder)
     scan = Scan(folder)
     walker = _Walker(folder, Path(root or folder).resolve(), scan)
     files, subfolders = walker.entries(folder)
