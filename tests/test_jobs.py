@@ -358,7 +358,7 @@ def test_the_worker_count_comes_from_tl_workers(monkeypatch):
 def test_the_next_worker_warms_up_after_the_job_not_while_it_runs(manager, make_run):
     run = make_run()
     job = manager.submit(run, until_stopped)
-    wait_for(lambda: job.progress.snapshot().get("batch", 0) >= 1)
+    wait_for(lambda: (job.progress.snapshot().batch or 0) >= 1)
     assert manager.warm_worker() is None, "a worker starting up would take CPU from the running job"
     assert manager.stop(run.id) and manager.wait(TIMEOUT)
     worker = manager.warm_worker()
