@@ -202,7 +202,7 @@ def main() -> None:
         sets = {"demo (160 px)": demo_dir, "cats vs dogs (160 px)": CATS_VS_DOGS}
 
     print(f"Worker start-up (spawn + import TensorFlow/Keras and the workflow): {worker_start_up():.1f} s, "
-          "paid while the previous job runs (a warm worker waits for the next job).\n", flush=True)
+          "paid while the server is idle (a warm worker waits for the next job).\n", flush=True)
     print("| data | unwatched (s) | watched (s) | ratio (target <= 1.1) | head stage unwatched / watched (s) |"
           " CPU while watched: server / browser (s) | head: dashboard / CLI (s) | fine-tune: dashboard / CLI (s) |")
     print("|---|---|---|---|---|---|---|---|")
