@@ -17,7 +17,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import settings, workflow
-from core.config import AugmentConfig, DataConfig, ModelConfig, TrainConfig
+from core.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
 from core.model.build import count_params
 from core.model.classifier import Classifier
 from core.training import runs
@@ -301,3 +301,18 @@ def test_settings_loaded_from_a_run_keep_their_rate_and_fit_the_form(runs_dir):
 
     tutorial = open_page("pages/train_head.py", head_config=TrainConfig(learning_rate=1e-4))
     assert by_label(tutorial.radio, "Learning rate preset").value == "Adam 1e-4 (TF tutorial)"
+
+
+def test_a_link_to_a_trained_run_ticks_the_steps_before_training_in_the_sidebar(runs_dir):
+    def ticked(run_id: str) -> list[str]:
+        at = AppTest.from_file(APP, default_timeout=120)
+        at.query_params["run"] = run_id  # a reload: a new session that never opened the Augmentation page
+        at.run()
+        return [m.value for m in at.sidebar.markdown if m.value.startswith(":material/check_circle:")]
+
+    run = runs.Run.create(runs_dir, RunConfig(data=DataConfig(image_size=96)))
+    assert not any("Augmentation previewed" in tick for tick in ticked(run.id))
+    run.write_json("metrics.json", {"head": {"val_accuracy": 0.9}})  # the run has trained its head
+    after = ticked(run.id)
+    assert any("Head trained" in tick for tick in after)
+    assert any("Augmentation previewed" in tick for tick in after), "a trained run had its augmentation chosen"
