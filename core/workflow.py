@@ -3,7 +3,7 @@
 A job is `fn(run, progress)`: it reads everything from the run's config, writes
 per-epoch history, models and metrics into the run directory, and reports
 progress to a `core.training.progress.Progress` (stages "loading data",
-"reading images", "training", then "saving models" and "evaluating on the test
+"reading images", "building the model", "training", then "saving models" and "evaluating on the test
 split" after the last epoch). Jobs are module-level functions, submitted as
 `functools.partial(job, ...)` with plain arguments, so they can be sent to a
 worker process.
@@ -46,14 +46,18 @@ def run_data(run: Run, progress, root: Path | None) -> tuple[RunConfig, ImageDat
     """The run's data, with its report kept as `data_report.json`; a refused dataset
     fails the run as a data error (message and hint, no traceback)."""
     config = run.config
-    if progress is not None:
-        progress.update(stage="loading data")
+    _report(progress, "loading data")
     try:
         data = load_data(config.data, root, None if progress is None else _data_progress(progress))
     except UserError as error:
         raise UserError(f"Data refused before training: {error.message}", error.hint) from None
     run.write_json(REPORT_FILE, data_report(data))
     return config, data
+
+
+def _report(progress, stage: str) -> None:
+    if progress is not None:
+        progress.update(stage=stage)
 
 
 def _data_progress(progress):
@@ -86,6 +90,7 @@ def head_job(run: Run, progress, data_root: Path | None = None) -> dict:
     config, data = run_data(run, progress, data_root)
     run.write_json(CLASSES_FILE, data.class_names)
     keras.utils.set_random_seed(config.seed)
+    _report(progress, "building the model")
     with training.select_strategy().scope():
         classifier = build_model(config.model, data.num_classes, config.data.image_size,
                                  build_augmentation(config.augment, seed=config.seed))
@@ -115,6 +120,7 @@ def fine_tune_job(run: Run, progress, data_root: Path | None = None) -> dict:
                         "Train the head first: fine-tuning on a random head wrecks the pretrained features.")
     keras.utils.set_random_seed(config.seed + 1)
     offset = max((r["epoch"] for r in run.history()), default=0)
+    _report(progress, "loading the head-trained model")
     with training.select_strategy().scope():
         model = export.load_model_safe(run.model_path("final"))
         result = training.train_phase(
@@ -207,6 +213,7 @@ def _head_features(config: RunConfig, data: ImageData, progress):
     features from the feature cache (stored in the same pass: the activations at the
     fine-tuning cut and the test split's features, as `head_job` does)."""
     keras.utils.set_random_seed(config.seed)
+    _report(progress, "building the model")
     classifier = build_model(config.model, data.num_classes, config.data.image_size,
                              build_augmentation(config.augment, seed=config.seed))
     cut = _fine_tune_cut(classifier, config)

@@ -93,14 +93,22 @@ def test_views_are_random_augmentations_and_validation_is_clean(data):
     np.testing.assert_array_equal(clean[0], clean[1])
 
 
-def test_each_epoch_reads_the_next_view():
-    views = [[np.full((4, 2), v, "float32")] for v in range(3)]
-    sequence = fast_path.ViewSequence(views, np.arange(4), batch_size=4, seed=0)
-    seen = []
-    for _ in range(4):
-        seen.append(float(sequence[0][0][0, 0]))
-        sequence.on_epoch_end()
-    assert seen == [0.0, 1.0, 2.0, 0.0]
+def test_each_epoch_reads_the_next_view_in_a_new_order():
+    views = [[np.stack([np.full(2, 10 * v + row, "float16") for row in range(5)])] for v in range(3)]
+    weights = np.linspace(0.5, 2.5, 5).astype("float32")
+    batches = list(fast_path.view_batches(views, np.arange(5), batch_size=2, seed=0, epochs=4, sample_weights=weights))
+    steps = fast_path.steps_per_epoch(5, 2)
+    assert len(batches) == 4 * steps == 12
+    epochs = [batches[e * steps:(e + 1) * steps] for e in range(4)]
+    for epoch, epoch_batches in enumerate(epochs):
+        values = np.concatenate([inputs.numpy()[:, 0] for inputs, _, _ in epoch_batches])
+        rows = np.concatenate([labels.numpy() for _, labels, _ in epoch_batches])
+        assert sorted(rows) == list(range(5))  # every image once per epoch
+        np.testing.assert_array_equal(values, 10 * (epoch % 3) + rows)  # from view epoch mod 3, rows matched
+        np.testing.assert_allclose(np.concatenate([w.numpy() for _, _, w in epoch_batches]), weights[rows])
+        assert epoch_batches[0][0].dtype == "float32"
+    orders = [tuple(np.concatenate([labels.numpy() for _, labels, _ in e])) for e in epochs]
+    assert len(set(orders)) > 1  # reshuffled between epochs
 
 
 def test_fine_tuning_on_the_fast_path_keeps_batchnorm_statistics(data):

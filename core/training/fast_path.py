@@ -215,34 +215,48 @@ def _allocator(parts: dict[str, slice], writers: dict):
     return allocate
 
 
-class ViewSequence(keras.utils.PyDataset):
-    """Batches of cached tensors; each epoch reads the next augmented view, reshuffled.
+def steps_per_epoch(count: int, batch_size: int) -> int:
+    """Batches in one epoch over `count` rows (the last may be smaller)."""
+    return math.ceil(count / batch_size)
 
-    views: per view, the list of arrays (N, ...) (float16 is cast to float32 per
-    batch); labels: int (N,); sample_weights: float32 (N,) or None. `seed` seeds the
-    shuffling.
+
+def view_batches(views: list[list[np.ndarray]], labels: np.ndarray, batch_size: int, seed: int, epochs: int,
+                 sample_weights: np.ndarray | None = None) -> tf.data.Dataset:
+    """Batches of cached tensors for `epochs` epochs: epoch e reads augmented view
+    e mod len(views), in a new shuffled order (seeded by `seed`).
+
+    views: per view, the list of arrays (N, ...), float16 memory maps or arrays (cast
+    to float32 per batch, so only a batch is in memory at a time); labels: int (N,);
+    sample_weights: float32 (N,) or None. Yields (inputs, labels[, sample_weights]),
+    inputs one float32 tensor (B, ...) or a tuple of them. Fit it with
+    `steps_per_epoch=steps_per_epoch(N, batch_size)`: the epochs follow one another
+    in one stream. Each batch is gathered by `tf.numpy_function` (rows sorted, so a
+    memory map is read in order) and prefetched while the previous batch trains, which
+    costs far less per batch than a `keras.utils.PyDataset`.
     """
+    rng = np.random.default_rng(seed)
+    count = len(labels)
+    schedule = []
+    for epoch in range(epochs):
+        order = rng.permutation(count)
+        schedule += [(epoch % len(views), np.sort(order[start:start + batch_size]))
+                     for start in range(0, count, batch_size)]
+    labels = np.asarray(labels, dtype="int32")
+    extras = [labels] if sample_weights is None else [labels, np.asarray(sample_weights, dtype="float32")]
+    parts = len(views[0])
 
-    def __init__(self, views: list[list[np.ndarray]], labels, batch_size, seed, sample_weights=None):
-        super().__init__()
-        self.views, self.labels, self.batch_size = views, labels, batch_size
-        self.sample_weights = sample_weights
-        self.rng = np.random.default_rng(seed)
-        self.epoch = 0
-        self.order = self.rng.permutation(len(labels))
+    def load(step):
+        view, rows = schedule[int(step)]
+        return [part[rows].astype("float32") for part in views[view]] + [extra[rows] for extra in extras]
 
-    def __len__(self):
-        return math.ceil(len(self.labels) / self.batch_size)
+    shapes = [(None, *part.shape[1:]) for part in views[0]] + [(None,)] * len(extras)
+    types = [tf.float32] * parts + [tf.as_dtype(extra.dtype) for extra in extras]
 
-    def __getitem__(self, index):
-        chosen = np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
-        view = self.views[self.epoch % len(self.views)]
-        inputs = tuple(part[chosen].astype("float32") for part in view)
-        inputs = inputs[0] if len(inputs) == 1 else inputs
-        if self.sample_weights is None:
-            return inputs, self.labels[chosen]
-        return inputs, self.labels[chosen], self.sample_weights[chosen]
+    def batch(step):
+        tensors = tf.numpy_function(load, [step], types, stateful=False)
+        for tensor, shape in zip(tensors, shapes):
+            tensor.set_shape(shape)
+        inputs = tensors[0] if parts == 1 else tuple(tensors[:parts])
+        return (inputs, *tensors[parts:])
 
-    def on_epoch_end(self):
-        self.epoch += 1
-        self.order = self.rng.permutation(len(self.labels))
+    return tf.data.Dataset.range(len(schedule)).map(batch).prefetch(2)

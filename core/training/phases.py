@@ -11,7 +11,6 @@ and train on at a low learning rate. The callbacks are in
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,12 @@ from core.data.image_data import ImageData
 from core.model import build as model_lib
 from core.model.classifier import Classifier
 from core.training.callbacks import Recorder, phase_callbacks
-from core.training.fast_path import ViewSequence, cached_outputs, frozen_part
+from core.training.fast_path import (
+    cached_outputs,
+    frozen_part,
+    steps_per_epoch,
+    view_batches,
+)
 from core.training.two_rate import TwoRateModel
 
 
@@ -124,7 +128,7 @@ def train_phase(classifier: Classifier, data: ImageData, config: TrainConfig, ph
         held = outputs.held_out
         val = outputs.validation
         trained = part.trainable
-        train_input = ViewSequence(outputs.views, labels, batch_size, seed, weights)
+        train_input = view_batches(outputs.views, labels, batch_size, seed, config.epochs, weights)
         val_input = tf.data.Dataset.from_tensor_slices(
             (tuple(val) if len(val) > 1 else val[0], data.splits["validation"][1])
         ).batch(batch_size).map(lambda x, y: (tf.nest.map_structure(lambda t: tf.cast(t, tf.float32), x), y))
@@ -139,14 +143,16 @@ def train_phase(classifier: Classifier, data: ImageData, config: TrainConfig, ph
     trained = _compile(trained, classifier, config, data.num_classes)
     initial = {}
     if phase == "head":  # the tutorial's starting point: the untrained head on validation
+        if progress is not None:
+            progress.update(stage="scoring the untrained head")
         initial = {k: float(v) for k, v in trained.evaluate(val_input, return_dict=True, verbose=0).items()}
         if progress is not None:
             progress.update(initial=initial)
-    recorder = Recorder(phase=phase, path="features" if fast else "full", steps=math.ceil(len(labels) / batch_size),
+    recorder = Recorder(phase=phase, path="features" if fast else "full", steps=steps_per_epoch(len(labels), batch_size),
                         batch_size=batch_size, progress=progress, on_epoch=on_epoch, epochs=config.epochs,
                         offset=epoch_offset)
     trained.fit(train_input, validation_data=val_input, initial_epoch=epoch_offset,
-                epochs=epoch_offset + config.epochs, callbacks=phase_callbacks(config, recorder, log_dir), verbose=0)
+                epochs=epoch_offset + config.epochs, steps_per_epoch=recorder.steps if fast else None, callbacks=phase_callbacks(config, recorder, log_dir), verbose=0)
     return PhaseResult(phase=phase, path=recorder.path, history=recorder.records,
                        seconds=time.perf_counter() - started, stopped=recorder.stopped, initial=initial,
                        nan_epoch=recorder.nan_epoch, trained=trained,

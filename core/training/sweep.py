@@ -20,7 +20,7 @@ import optuna
 
 from core.config import ModelConfig, RunConfig
 from core.model import build as model_lib
-from core.training.fast_path import ViewSequence
+from core.training.fast_path import steps_per_epoch, view_batches
 from core.training.phases import class_weights
 
 #: The head settings searched, with their ranges (learning rate log-uniform).
@@ -79,8 +79,10 @@ def train_trial(params: dict, views: list[list[np.ndarray]], labels: np.ndarray,
                                                                      dropout=float(params["dropout"])), num_classes))
     model_lib.compile_model(head, params["optimizer"], params["learning_rate"], num_classes)
     weights = class_weights(labels, num_classes)[labels] if params["class_weights"] else None
-    history = head.fit(ViewSequence(views, labels, min(batch_size, len(labels)), seed, weights),
-                       validation_data=(val[0].astype("float32"), val_labels), epochs=int(params["epochs"]),
+    batch_size, epochs = min(batch_size, len(labels)), int(params["epochs"])
+    history = head.fit(view_batches(views, labels, batch_size, seed, epochs, weights),
+                       steps_per_epoch=steps_per_epoch(len(labels), batch_size),
+                       validation_data=(val[0].astype("float32"), val_labels), epochs=epochs,
                        callbacks=[_StopCheck(progress)], verbose=0).history
     accuracies = [a if math.isfinite(a) else 0.0 for a in history.get("val_accuracy", [0.0])]
     best = int(np.argmax(accuracies))
