@@ -291,17 +291,16 @@ def finish_phase(run: Run, model: keras.Model, data: ImageData, result: training
         return run.read_json("metrics.json", default={})
     if progress is not None:
         progress.update(stage="saving models")
-    result.use_weights("final")
-    run.save_model(model, "final")
-    if result.has_distinct_best:
+    # With restore_best the final model is the best one: one save, then a copy.
+    kept, other = ("best", "final") if config.restore_best else ("final", "best")
+    result.use_weights(kept)
+    run.save_model(model, kept)
+    if config.restore_best or not result.has_distinct_best:
+        run.copy_model(kept, other)
+    else:
         result.use_weights("best")
         run.save_model(model, "best")
-        if not config.restore_best:
-            result.use_weights("final")
-    else:
-        run.copy_model("final", "best")
-    if config.restore_best:
-        run.copy_model("best", "final")
+        result.use_weights("final")
     if result.phase == "head":
         run.copy_model("final", "head")
 

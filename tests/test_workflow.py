@@ -163,3 +163,27 @@ def test_a_killed_server_leaves_an_interrupted_run_with_its_history_and_model(tm
     model = export.load_model_safe(run.model_path("final"))  # the last good model (after the head)
     images = np.zeros((1, SIZE, SIZE, 3), "float32")
     assert model.predict(images, verbose=0).shape == (1, 4)
+
+
+@pytest.mark.parametrize("restore_best", [True, False])
+def test_best_and_final_models_hold_the_weights_restore_best_asks_for(tmp_path, restore_best):
+    import keras
+
+    from core.data.image_data import ImageData
+    from core.training.phases import PhaseResult
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    best, final = ([np.full_like(w, value) for w in model.get_weights()] for value in (1.0, 2.0))
+    result = PhaseResult(phase="head", path="features", trained=model, weights={"best": best, "final": final},
+                         history=[{"epoch": 1, "val_accuracy": 0.9}, {"epoch": 2, "val_accuracy": 0.8}])
+    empty = (np.zeros((0, 8, 8, 3), "uint8"), np.zeros(0, "int32"))
+    data = ImageData(class_names=["a", "b"], splits={"test": empty}, description="")
+    run = runs.Run.create(tmp_path, config())
+    workflow.finish_phase(run, model, data, result, TrainConfig(restore_best=restore_best))
+
+    kept = 1.0 if restore_best else 2.0
+    saved = {kind: export.load_model_safe(run.model_path(kind)).get_weights()[0] for kind in ("best", "final", "head")}
+    assert np.all(saved["best"] == 1.0)
+    assert np.all(saved["final"] == kept) and np.all(saved["head"] == kept)
+    assert np.all(model.get_weights()[0] == kept)  # the model in memory continues from the kept weights
