@@ -124,8 +124,8 @@ class StageClock:
     the head job reports maps to one part (time until the next stage counts to it)."""
 
     KINDS = (("loading data", "decode"), ("reading images", "decode"), ("building the model", "build the model"),
-             ("(view", "augmentation + backbone (views)"), ("(validation)", "backbone (validation)"),
-             ("(test)", "backbone (test)"), ("reading cached features", "read cached features"),
+             ("reading cached features", "read cached features"), ("(view", "augmentation + backbone (views)"),
+             ("(validation)", "backbone (validation)"), ("(test)", "backbone (test)"),
              ("scoring the untrained head", "score the untrained head"), ("training", "head training"),
              ("saving models", "save the models"), ("evaluating on the test split", "evaluate on the test split"))
 

@@ -151,8 +151,10 @@ def train_phase(classifier: Classifier, data: ImageData, config: TrainConfig, ph
     recorder = Recorder(phase=phase, path="features" if fast else "full", steps=steps_per_epoch(len(labels), batch_size),
                         batch_size=batch_size, progress=progress, on_epoch=on_epoch, epochs=config.epochs,
                         offset=epoch_offset)
+    # Both inputs are tf.data pipelines that shuffle themselves; the fast path's runs all epochs in one stream.
     trained.fit(train_input, validation_data=val_input, initial_epoch=epoch_offset,
-                epochs=epoch_offset + config.epochs, steps_per_epoch=recorder.steps if fast else None, callbacks=phase_callbacks(config, recorder, log_dir), verbose=0)
+                epochs=epoch_offset + config.epochs, steps_per_epoch=recorder.steps if fast else None, shuffle=False,
+                callbacks=phase_callbacks(config, recorder, log_dir), verbose=0)
     return PhaseResult(phase=phase, path=recorder.path, history=recorder.records,
                        seconds=time.perf_counter() - started, stopped=recorder.stopped, initial=initial,
                        nan_epoch=recorder.nan_epoch, trained=trained,

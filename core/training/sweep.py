@@ -81,7 +81,7 @@ def train_trial(params: dict, views: list[list[np.ndarray]], labels: np.ndarray,
     weights = class_weights(labels, num_classes)[labels] if params["class_weights"] else None
     batch_size, epochs = min(batch_size, len(labels)), int(params["epochs"])
     history = head.fit(view_batches(views, labels, batch_size, seed, epochs, weights),
-                       steps_per_epoch=steps_per_epoch(len(labels), batch_size),
+                       steps_per_epoch=steps_per_epoch(len(labels), batch_size), shuffle=False,
                        validation_data=(val[0].astype("float32"), val_labels), epochs=epochs,
                        callbacks=[_StopCheck(progress)], verbose=0).history
     accuracies = [a if math.isfinite(a) else 0.0 for a in history.get("val_accuracy", [0.0])]
