@@ -44,3 +44,20 @@ def colour_data_root(tmp_path_factory) -> Path:
     from tests.helpers import make_colour_folders
 
     return make_colour_folders(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def _trained_colours_run(colour_data_root, tmp_path_factory):
+    """The session's one training of `helpers.COLOURS_RUN_CONFIG`; tests use `colours_run`, never this."""
+    from tests.helpers import COLOURS_RUN_CONFIG, train_run
+
+    return train_run(COLOURS_RUN_CONFIG, tmp_path_factory.mktemp("colours-run-source"), colour_data_root)
+
+
+@pytest.fixture(scope="module")
+def colours_run(_trained_colours_run, tmp_path_factory):
+    """The colours run, trained once per session, copied into a runs folder of this module's own:
+    what a module's tests write (exports, other runs, deletions) stays in that module."""
+    from tests.helpers import copy_run
+
+    return copy_run(_trained_colours_run, tmp_path_factory.mktemp("runs"))

@@ -13,18 +13,13 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from core import workflow
-from core.config import DataConfig, RunConfig, TrainConfig
 from core.data.images import load_image
 from core.results import evaluation
 from core.training import runs
-from tests.helpers import COLOURS, train_run
+from tests.helpers import COLOURS, COLOURS_RUN_CONFIG
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
-CONFIG = RunConfig(
-    data=DataConfig(source="folder", name="colours", image_size=96, batch_size=16, test_fraction=0.25),
-    head=TrainConfig(epochs=2), fine_tune=TrainConfig(learning_rate=1e-4, epochs=1, fine_tune_at="140"),
-    name="colours",
-)
+CONFIG = COLOURS_RUN_CONFIG  # trained once per session (conftest.py's colours_run)
 
 
 def png(pixels: np.ndarray) -> bytes:
@@ -47,8 +42,8 @@ def data_root(colour_data_root) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run(data_root, tmp_path_factory) -> runs.Run:
-    return train_run(CONFIG, tmp_path_factory.mktemp("runs"), data_root)
+def run(colours_run) -> runs.Run:
+    return colours_run
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
 """AppTest of the Runs page: the runs table, overlaid curves, load into session,
 export, delete with confirmation, and the from-scratch / transfer / fine-tune comparison.
 
-One tiny run (3 colour classes at 96 px, head + 1 fine-tune epoch) is trained
-once for the module; other runs are made on disk with the status each test needs.
+One tiny run (3 colour classes at 96 px, head + 1 fine-tune epoch) is trained once for
+the session and copied into this module's own runs folder; other runs are made on disk
+with the status each test needs.
 """
 import dataclasses
 import json
@@ -14,18 +15,14 @@ from streamlit.testing.v1 import AppTest
 
 from core import config as config_io
 from core import workflow
-from core.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
+from core.config import AugmentConfig, ModelConfig, RunConfig, TrainConfig
 from core.results import export
 from core.training import runs
-from tests.helpers import train_run
+from tests.helpers import COLOURS_RUN_CONFIG
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
-CONFIG = RunConfig(
-    data=DataConfig(source="folder", name="colours", image_size=96, batch_size=16, test_fraction=0.25),
-    augment=AugmentConfig(flip="none", rotation=0.0),
-    head=TrainConfig(epochs=2), fine_tune=TrainConfig(learning_rate=1e-4, epochs=1, fine_tune_at="140"),
-    name="colours",
-)
+CONFIG = COLOURS_RUN_CONFIG  # trained once per session (conftest.py's colours_run)
+NO_AUGMENTATION = AugmentConfig(flip="none", rotation=0.0)  # the comparison's three runs
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +31,9 @@ def data_root(colour_data_root) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run(data_root, tmp_path_factory) -> runs.Run:
-    return train_run(CONFIG, tmp_path_factory.mktemp("runs"), data_root)
+def run(colours_run) -> runs.Run:
+    """The session's colours run, in a runs folder of this module's own (the tests add runs to it)."""
+    return colours_run
 
 
 def side_run(runs_dir: Path, status: str, name: str) -> runs.Run:
@@ -197,7 +195,7 @@ def test_comparison_queues_three_runs_and_shows_their_results(page, run):
     )
 
     before = {r.id for r in runs.list_runs(run.path.parent)}
-    session = dict(data_config=dataclasses.replace(CONFIG.data, image_size=128), augment_config=CONFIG.augment,
+    session = dict(data_config=dataclasses.replace(CONFIG.data, image_size=128), augment_config=NO_AUGMENTATION,
                    model_config=ModelConfig(backbone="MobileNet"), head_config=TrainConfig(views=1))
     at = page(**session)  # MobileNet (alpha 0.25) keeps the three trainings short
     at.number_input(key="runs_compare_epochs").set_value(1)
@@ -205,7 +203,7 @@ def test_comparison_queues_three_runs_and_shows_their_results(page, run):
     assert not at.exception
     started = at.session_state["comparison_runs"]
     assert {r.id for r in runs.list_runs(run.path.parent)} - before == set(started.values())
-    base = RunConfig(data=session["data_config"], augment=CONFIG.augment, model=session["model_config"],
+    base = RunConfig(data=session["data_config"], augment=NO_AUGMENTATION, model=session["model_config"],
                      head=session["head_config"], seed=CONFIG.data.seed)
     expected = workflow.comparison_configs(base, 1)
     for label, run_id in started.items():

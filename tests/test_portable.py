@@ -57,6 +57,11 @@ def project_layers(model: keras.Model) -> list[str]:
     return found
 
 
+def logits(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    """The model's inference output (training=False, as predict() runs it), as NumPy."""
+    return keras.ops.convert_to_numpy(model(images, training=False))
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """{backbone: (run model logits, portable model logits, project layers)} with each portable model
@@ -72,7 +77,9 @@ def saved(tmp_path_factory):
         portable = portable_model(model)
         portable.save(folder / f"{name}.keras")
         np.save(folder / f"{name}.npy", images)
-        results[name] = (model.predict(images, verbose=0), portable.predict(images, verbose=0), project_layers(portable))
+        # A direct inference call, not predict(): predict() traces a tf.function per model, which
+        # took half of this fixture's time; the fresh Python below still uses predict().
+        results[name] = (logits(model, images), logits(portable, images), project_layers(portable))
         keras.backend.clear_session()
     return folder, results
 
