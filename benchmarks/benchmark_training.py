@@ -68,6 +68,25 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def machine_speed(images: int = 256) -> float:
+    """Images/second of the frozen MobileNetV2 alone at 160 px (random pixels, batches of 32,
+    traced first): a probe of how fast this machine is right now. Shared machines (this one
+    is a VM) change speed between runs, so each side measures it before and after its own
+    work, and the tables print it beside their ratios."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    base = keras.applications.MobileNetV2(input_shape=(SIZE, SIZE, 3), include_top=False, weights="imagenet")
+    forward = tf.function(lambda x: base(keras.applications.mobilenet_v2.preprocess_input(x), training=False))
+    batch = tf.constant(np.random.default_rng(0).uniform(0, 255, (32, SIZE, SIZE, 3)), tf.float32)
+    forward(batch)
+    started = time.perf_counter()
+    for _ in range(images // 32):
+        np.asarray(forward(batch))
+    return images / (time.perf_counter() - started)
+
+
 def recipe(data: Path = DATA, epochs: int = 10) -> dict:
     """The tutorial, step by step: image_dataset_from_directory at 160 px, flip and
     rotation 0.2, frozen MobileNetV2 called with training=False, GAP, Dropout 0.2,
@@ -316,7 +335,7 @@ def table(reference: dict, our: dict) -> str:
     return "\n".join(lines)
 
 
-def quick_tries_table(reference: dict, our: dict, scaled: dict) -> str:
+def quick_tries_table(reference: dict, our: dict, scaled: dict | None) -> str:
     """Each quick-tries figure next to its target and the recipe."""
     recipe_head, cold = reference["head_seconds"], our["head_seconds"]
     per_image = cold / our["train_images"]
@@ -329,11 +348,15 @@ def quick_tries_table(reference: dict, our: dict, scaled: dict) -> str:
              f"(features computed: {our['second_head_computed']}) |",
              f"| Learning-rate finder on cached features (s) | {our['lr_find_seconds']:.1f} | <= 5 s | | |",
              f"| {our['sweep_trials']}-trial sweep, best trained as a run (s) | {our['sweep_seconds']:.1f} | "
-             f"<= 2x cold head stage ({2 * cold:.1f}) | {cold:.1f} | {our['sweep_seconds'] / cold:.1f}x |",
-             f"| Scale: {scaled['images']:,} JPEGs, peak memory (MB) | {scaled['peak_memory_mb']:.0f} | "
-             f"<= {SCALE_RSS_LIMIT_MB} | | |",
-             f"| Scale: time per training image (ms) | {1000 * scaled['seconds_per_image']:.1f} | "
-             f"<= 1.3x of {1000 * per_image:.1f} | {1000 * per_image:.1f} | {scaled['seconds_per_image'] / per_image:.2f}x |"]
+             f"<= 2x cold head stage ({2 * cold:.1f}) | {cold:.1f} | {our['sweep_seconds'] / cold:.1f}x |"]
+    if scaled is None:
+        lines.append("| Scale run | not run (--scale-images 0) | | | |")
+    else:
+        lines += [f"| Scale: {scaled['images']:,} JPEGs, peak memory (MB) | {scaled['peak_memory_mb']:.0f} | "
+                  f"<= {SCALE_RSS_LIMIT_MB} | | |",
+                  f"| Scale: time per training image (ms) | {1000 * scaled['seconds_per_image']:.1f} | "
+                  f"<= 1.3x of {1000 * per_image:.1f} | {1000 * per_image:.1f} | "
+                  f"{scaled['seconds_per_image'] / per_image:.2f}x |"]
     lines += ["", "Cold head stage, where the time goes:", "", "| part | seconds | limit |", "|---|---|---|"]
     limits = {"augmentation + backbone (views)": f"{our['backbone_limit']:.1f} s network alone (views + validation, "
                                                  f"{our['images_per_second_alone']:.0f} images/s) + "
@@ -353,7 +376,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["recipe", "ours", "scale"])
     parser.add_argument("--json", action="store_true", help="print one JSON line (used between processes)")
     parser.add_argument("--scale-images", type=int, default=SCALE_IMAGES,
-                        help=f"generated JPEGs in the scale run (target set at {SCALE_IMAGES:,})")
+                        help=f"generated JPEGs in the scale run (target set at {SCALE_IMAGES:,}; 0 skips it)")
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_PER_CLASS} images per class, 1+1 recipe epochs, 3 trials, "
                              f"{QUICK_SCALE_IMAGES:,} scale images: checks the script, measures nothing")
@@ -365,16 +388,23 @@ def main() -> None:
         if args.only == "scale":
             result = scale(QUICK_SCALE_IMAGES if args.quick else args.scale_images)
         else:
+            before = machine_speed()
             result = recipe(data, 1 if args.quick else 10) if args.only == "recipe" else ours(data, args.quick)
+            result["machine_speed"] = [before, machine_speed()]
             result["total_seconds"] = result["head_seconds"] + result["fine_tune_seconds"]
         result["peak_memory_mb"] = peak_memory_mb()
         print(json.dumps(result) if args.json else json.dumps(result, indent=2))
         return
-    reference, our, scaled = (measure(name, args.quick, args.scale_images) for name in ("recipe", "ours", "scale"))
+    reference, our = (measure(name, args.quick, args.scale_images) for name in ("recipe", "ours"))
+    scaled = measure("scale", args.quick, args.scale_images) if args.scale_images else None
     print(table(reference, our))
     print(f"\nHead stage: {reference['head_seconds'] / our['head_seconds']:.1f}x faster; whole pipeline: "
           f"{reference['total_seconds'] / our['total_seconds']:.1f}x faster; "
-          f"{os.cpu_count()} CPU cores, no GPU.\n")
+          f"{os.cpu_count()} CPU cores, no GPU.")
+    speeds = [f"{reference['machine_speed'][0]:.0f} / {reference['machine_speed'][1]:.0f}",
+              f"{our['machine_speed'][0]:.0f} / {our['machine_speed'][1]:.0f}"]
+    print(f"Machine speed (frozen MobileNetV2 alone, images/s, before / after): recipe {speeds[0]}, ours {speeds[1]}; "
+          "where they differ, the host's speed changed between the two sides and the ratios are off by as much.\n")
     print(quick_tries_table(reference, our, scaled))
     if args.quick:
         print("\n--quick: a small subset; these figures check the script and are not measurements.")
