@@ -109,9 +109,10 @@ def head_job(run: Run, progress, data_root: Path | None = None) -> dict:
 
 @_stoppable
 def fine_tune_job(run: Run, progress, data_root: Path | None = None) -> dict:
-    """Load the run's head-trained model and fine-tune it per `config.fine_tune`; the
-    activations at the cut come from the feature cache where the head job (or an
-    earlier run) stored them."""
+    """Load the run's head-trained model (`head.keras`) and fine-tune it per
+    `config.fine_tune`; the activations at the cut come from the feature cache where
+    the head job (or an earlier run) stored them. Fine-tuning a run again starts over
+    from its head: the earlier fine-tuning's epochs, models and metrics are replaced."""
     config, data = run_data(run, progress, data_root)
     if config.fine_tune is None:
         raise UserError(f"Run {run.id} has no fine-tuning settings.", "Choose them on the Fine-tune page.")
@@ -119,10 +120,11 @@ def fine_tune_job(run: Run, progress, data_root: Path | None = None) -> dict:
         raise UserError(f"Run {run.id} has no trained head ({run.model_path('head')} is missing).",
                         "Train the head first: fine-tuning on a random head wrecks the pretrained features.")
     keras.utils.set_random_seed(config.seed + 1)
+    run.drop_history("fine_tune")  # a fine-tuning again starts over from the head, as the first one did
     offset = max((r["epoch"] for r in run.history()), default=0)
     _report(progress, "loading the head-trained model")
     with training.select_strategy().scope():
-        model = export.load_model_safe(run.model_path("final"))
+        model = export.load_model_safe(run.model_path("head"))
         result = training.train_phase(
             Classifier.from_keras(model), data, config.fine_tune, "fine_tune", batch_size=config.data.batch_size,
             seed=config.seed + 1, views_seed=config.seed, epoch_offset=offset, progress=progress,

@@ -60,14 +60,20 @@ def test_a_reloaded_run_reproduces_its_test_accuracy(finished_run):
     assert head_scores["accuracy"] == pytest.approx(finished_run.read_json("metrics.json")["head"]["test_accuracy"])
 
 
-def test_fine_tuning_continues_a_loaded_run(finished_run, tmp_path):
-    """Load a finished run back and fine-tune again: epochs continue, the model changes."""
+def test_fine_tuning_a_run_again_starts_over_from_its_head(finished_run, monkeypatch):
+    """Fine-tune a finished run again: it starts from head.keras, not from the fine-tuned model,
+    and its epochs replace the earlier fine-tuning's (the curve does not grow)."""
+    from pathlib import Path
+
+    from core.training.progress import Progress
+
     before = finished_run.model_path("final").read_bytes()
-    manager = JobManager()
-    manager.submit(finished_run, workflow.fine_tune_job)
-    assert manager.wait(timeout=600)
-    assert finished_run.status()["status"] == runs.FINISHED
-    assert [r["epoch"] for r in finished_run.history()][-1] == 4
+    loaded, load = [], export.load_model_safe
+    monkeypatch.setattr(workflow.export, "load_model_safe", lambda path: loaded.append(Path(path).name) or load(path))
+    workflow.fine_tune_job(finished_run, Progress())
+    assert loaded[0] == "head.keras"
+    assert [(r["phase"], r["epoch"]) for r in finished_run.history()] == [("head", 1), ("head", 2), ("fine_tune", 3)]
+    assert finished_run.read_json("metrics.json")["fine_tune"]["epochs"] == 1
     assert finished_run.model_path("final").read_bytes() != before
 
 

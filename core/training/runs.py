@@ -319,6 +319,12 @@ class Run:
                 continue
         return records
 
+    def drop_history(self, phase: str) -> None:
+        """Remove `phase`'s epoch records from history.jsonl (atomically), keeping the others in order."""
+        kept = [record for record in self.history() if record.get("phase") != phase]
+        with _writing(self.path):
+            atomic.write_text(self.path / HISTORY_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+
     def log(self, message: str) -> None:
         """Append a timestamped line (or block, e.g. a traceback) to log.txt."""
         with _writing(self.path), open(self.path / LOG_FILE, "a", encoding="utf-8") as file:
