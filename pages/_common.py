@@ -80,6 +80,14 @@ def size_text(size: int) -> str:
     return f"{size / 1e6:.1f} MB" if size < 1e9 else f"{size / 1e9:.2f} GB"
 
 
+def metric_delta(change: float, fmt: str, suffix: str = "", color: str = "normal") -> dict:
+    """`st.metric`'s delta arguments for `change` shown as `fmt` (e.g. "+.3f") plus `suffix`:
+    a change that shows as zero gets no arrow and no colour (not a green "up")."""
+    text = f"{change:{fmt}}"
+    flat = float(text) == 0
+    return {"delta": text + suffix, "delta_color": "off" if flat else color, "delta_arrow": "off" if flat else "auto"}
+
+
 def show_error(error: UserError) -> None:
     """An error box saying what was wrong, and what to do about it."""
     st.error(error.message, icon=":material/error:")

@@ -12,7 +12,7 @@ from core.errors import UserError
 from core.results import calibration, drilldown, evaluation, gradcam
 from core.training import runs
 from core.workflow import load_data
-from pages._common import image_grid, runs_dir, show_error
+from pages._common import image_grid, metric_delta, runs_dir, show_error
 from pages._run_models import cached_model, check_classes, has_model, model_version
 from pages._run_picker import run_picker_ui
 from pages._thumbnails import thumbnail_uri
@@ -58,9 +58,9 @@ def headline(reports: dict[str, dict]) -> None:
         cols[2].caption("Not fine-tuned: the Fine-tune page continues from this head.")
         return
     cols[2].metric("Fine-tuned: test accuracy", f"{tuned['accuracy']:.1%}",
-                   delta=f"{100 * (tuned['accuracy'] - head['accuracy']):+.1f} points")
+                   **metric_delta(100 * (tuned['accuracy'] - head['accuracy']), "+.1f", " points"))
     cols[3].metric("Fine-tuned: test loss", f"{tuned['loss']:.4f}",
-                   delta=f"{tuned['loss'] - head['loss']:+.4f}", delta_color="inverse")
+                   **metric_delta(tuned['loss'] - head['loss'], "+.4f", color="inverse"))
 
 
 def per_class_table(report: dict) -> None:

@@ -12,6 +12,7 @@ from pages import _quick_tries as quick_tries
 from pages._common import (
     follow,
     job_manager,
+    metric_delta,
     open_run,
     runs_dir,
     session_run_config,
@@ -33,10 +34,12 @@ def tuned_results(run) -> None:
     head_metrics, tuned = metrics.get("head", {}), metrics["fine_tune"]
     cols = st.columns(2)
     cols[0].metric("Validation accuracy after fine-tuning", f"{tuned.get('val_accuracy', 0):.3f}",
-                   delta=f"{tuned.get('val_accuracy', 0) - head_metrics.get('val_accuracy', 0):+.3f} vs head")
+                   **metric_delta(tuned.get('val_accuracy', 0) - head_metrics.get('val_accuracy', 0), "+.3f",
+                                  " vs head"))
     if tuned.get("test_accuracy") is not None:
         cols[1].metric("Test accuracy after fine-tuning", f"{tuned['test_accuracy']:.3f}",
-                       delta=f"{tuned['test_accuracy'] - head_metrics.get('test_accuracy', 0):+.3f} vs head")
+                       **metric_delta(tuned['test_accuracy'] - head_metrics.get('test_accuracy', 0), "+.3f",
+                                      " vs head"))
 
 
 st.title("Fine-tune")

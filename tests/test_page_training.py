@@ -316,3 +316,14 @@ def test_a_link_to_a_trained_run_ticks_the_steps_before_training_in_the_sidebar(
     after = ticked(run.id)
     assert any("Head trained" in tick for tick in after)
     assert any("Augmentation previewed" in tick for tick in after), "a trained run had its augmentation chosen"
+
+
+def test_a_change_that_shows_as_zero_gets_no_green_arrow():
+    from pages._common import metric_delta
+
+    flat = metric_delta(0.0004, "+.3f", " vs head")  # shows as +0.000
+    assert flat == {"delta": "+0.000 vs head", "delta_color": "off", "delta_arrow": "off"}
+    assert metric_delta(-0.0004, "+.3f")["delta_arrow"] == "off"
+    assert metric_delta(0.012, "+.3f", " vs head") == {"delta": "+0.012 vs head", "delta_color": "normal",
+                                                       "delta_arrow": "auto"}
+    assert metric_delta(-0.05, "+.4f", color="inverse")["delta_color"] == "inverse"
