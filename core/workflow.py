@@ -120,17 +120,31 @@ def fine_tune_job(run: Run, progress, data_root: Path | None = None) -> dict:
         raise UserError(f"Run {run.id} has no trained head ({run.model_path('head')} is missing).",
                         "Train the head first: fine-tuning on a random head wrecks the pretrained features.")
     keras.utils.set_random_seed(config.seed + 1)
-    run.drop_history("fine_tune")  # a fine-tuning again starts over from the head, as the first one did
-    offset = max((r["epoch"] for r in run.history()), default=0)
+    # A fine-tuning again starts over from the head, as the first one did; the earlier one's
+    # epochs are dropped when the new one's first epoch ends (a stop before that keeps them).
+    offset = max((r["epoch"] for r in run.history() if r["phase"] != "fine_tune"), default=0)
     _report(progress, "loading the head-trained model")
     with training.select_strategy().scope():
         model = export.load_model_safe(run.model_path("head"))
         result = training.train_phase(
             Classifier.from_keras(model), data, config.fine_tune, "fine_tune", batch_size=config.data.batch_size,
             seed=config.seed + 1, views_seed=config.seed, epoch_offset=offset, progress=progress,
-            on_epoch=run.append_history, log_dir=tensorboard_dir(run),
+            on_epoch=_replacing_history(run, "fine_tune"), log_dir=tensorboard_dir(run),
         )
     return finish_phase(run, model, data, result, config.fine_tune, progress)
+
+
+def _replacing_history(run: Run, phase: str):
+    """An `on_epoch` that drops `phase`'s earlier epoch records before appending the first new one."""
+    dropped = []
+
+    def on_epoch(record: dict) -> None:
+        if not dropped:
+            run.drop_history(phase)
+            dropped.append(True)
+        run.append_history(record)
+
+    return on_epoch
 
 
 def full_job(run: Run, progress, data_root: Path | None = None) -> dict:
