@@ -305,8 +305,7 @@ def finish_phase(run: Run, model: keras.Model, data: ImageData, result: training
     if not result.history:
         run.log(f"{result.phase}: stopped before the first epoch ended; no model saved.")
         return run.read_json("metrics.json", default={})
-    if progress is not None:
-        progress.update(stage="saving models")
+    _report(progress, "saving models")
     # With restore_best the final model is the best one: one save, then a copy.
     kept, other = ("best", "final") if config.restore_best else ("final", "best")
     result.use_weights(kept)
@@ -330,8 +329,7 @@ def finish_phase(run: Run, model: keras.Model, data: ImageData, result: training
     }
     test_images, test_labels = data.splits["test"]
     if len(test_labels):
-        if progress is not None:
-            progress.update(stage="evaluating on the test split")
+        _report(progress, "evaluating on the test split")
         cached = result.held_out.get("test")
         if cached is not None and len(cached) == 1:  # the head's input from the feature cache: no backbone pass
             scores = evaluation.evaluate(result.trained, np.asarray(cached[0], dtype="float32"), test_labels,
