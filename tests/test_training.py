@@ -67,8 +67,10 @@ def test_fine_tune_part_equals_the_full_model_across_residual_cut(data):
 def test_fine_tuning_reads_the_activations_head_training_stored(data, tmp_path):
     cache = ArrayStore(tmp_path)
     model = new_model(data)
+    head_stages = Stages()
     head = training.train_phase(model, data, TrainConfig(epochs=1, views=2), "head", batch_size=16, fine_tune_cut=100,
-                                cache=cache)
+                                cache=cache, progress=head_stages)
+    assert "scoring the untrained head" in head_stages.seen  # said while the untrained head is evaluated
     assert sorted(head.cache["computed"]) == sorted(
         [f"{output} ({where})" for output in ("features", "cut100") for where in ("view 1", "view 2", "validation")])
     stages = Stages()
@@ -77,6 +79,7 @@ def test_fine_tuning_reads_the_activations_head_training_stored(data, tmp_path):
     assert tuned.path == "features" and len(tuned.history) == 1
     assert tuned.cache == {"read": ["cut100 (view 1)", "cut100 (view 2)", "cut100 (validation)"], "computed": []}
     assert "training" in stages.seen and not any("extracting" in stage for stage in stages.seen)
+    assert "scoring the untrained head" not in stages.seen  # only the head phase scores its starting point
     stored = fast_path.cached_outputs(model, fast_path.frozen_part(model, 100), data, 1, 0, cache=cache).validation
     fresh = fast_path.extract(fast_path.frozen_part(model, 100), data.splits["validation"][0], augment=False)
     for a, b in zip(stored, fresh):
