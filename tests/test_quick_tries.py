@@ -15,7 +15,7 @@ from core.__main__ import main
 from core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from core.errors import UserError
 from core.model.build import add_head, compile_model
-from core.training import lr_finder, runs
+from core.training import lr_finder, runs, sweep
 from core.training.progress import Progress
 
 
@@ -64,6 +64,33 @@ def test_the_suggestion_lies_where_the_loss_falls_fastest_on_a_synthetic_problem
     initial = loss_after(1e-12, views, labels)
     assert loss_after(result.suggestion, views, labels) < 0.5 * initial
     assert loss_after(result.suggestion * 1000, views, labels) > loss_after(result.suggestion, views, labels)
+
+
+def split_problem(classes, validation=96):
+    """`linear_problem` split into training views and labels, then validation views and labels."""
+    views, labels = linear_problem(n=512 + validation, classes=classes)
+    features = views[0][0]
+    return [[features[:512]]], labels[:512], [[features[512:]]], labels[512:]
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_a_trial_scores_every_epoch_as_keras_validation_does(classes):
+    views, labels, val_views, val_labels = split_problem(classes)
+    model = compile_model(fresh_head(classes=classes), "adam", 1e-2, classes)
+    scores = sweep._TrialScores(val_views[0][0], val_labels)
+    history = model.fit(views[0][0].astype("float32"), labels, batch_size=32, epochs=3, verbose=0, callbacks=[scores],
+                        validation_data=(val_views[0][0].astype("float32"), val_labels)).history
+    assert scores.accuracies == pytest.approx(history["val_accuracy"], abs=1e-6)
+    assert scores.losses == pytest.approx(history["val_loss"], rel=1e-4)
+    assert scores.accuracies[-1] > 1.5 / classes  # it learned: there is something to compare
+
+
+def test_a_trial_returns_its_best_epoch():
+    views, labels, val_views, val_labels = split_problem(2)
+    params = {"learning_rate": 1e-2, "dropout": 0.1, "hidden_units": 0, "epochs": 4, "optimizer": "adam",
+              "class_weights": True}
+    scores = sweep.train_trial(params, views, labels, val_views[0], val_labels, 2)
+    assert 1 <= scores["epoch"] <= 4 and scores["val_accuracy"] > 0.6 and np.isfinite(scores["val_loss"])
 
 
 SIZE = 128

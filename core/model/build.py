@@ -101,6 +101,7 @@ def compile_model(
     optimizer: str = "adam",
     learning_rate: float = 1e-3,
     num_classes: int | None = None,
+    steps_per_execution: int = 1,
 ) -> keras.Model:
     """Compile with the loss and accuracy that fit the logits; returns `model`.
 
@@ -108,6 +109,8 @@ def compile_model(
     logit 0; several: SparseCategoricalCrossentropy(from_logits=True), labels int (N,).
     num_classes defaults to what the model's output width implies (1 -> 2 classes).
     Call again after every change of `trainable`: it takes effect on compile.
+    `steps_per_execution` batches run per traced call (Keras' option; callbacks' batch
+    hooks then fire once per call).
     Raises UserError for an unknown optimizer.
     """
     if num_classes is None:
@@ -120,7 +123,8 @@ def compile_model(
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
     model.compile(
-        optimizer=make_optimizer(optimizer, learning_rate), loss=loss, metrics=[accuracy]
+        optimizer=make_optimizer(optimizer, learning_rate), loss=loss, metrics=[accuracy],
+        steps_per_execution=steps_per_execution,
     )
     return model
 
