@@ -15,7 +15,9 @@ from core.model.backbones import (
     Preprocess,
     WeightsUnavailableError,
     load_backbone,
+    prebuild,
 )
+from core.model.build import build_model
 
 REQUIRED = {
     "MobileNetV2", "MobileNet", "MobileNetV3Small", "MobileNetV3Large", "EfficientNetB0",
@@ -74,6 +76,28 @@ def test_imagenet_weights_load_offline_from_the_cache():
 def test_mobilenet_alpha_quarter_loads_its_cached_weights():
     model = load_backbone("MobileNet", 128, "imagenet")
     assert model.count_params() == BACKBONES["MobileNet"].params
+
+
+def test_a_prebuilt_backbone_is_taken_once_and_the_head_starts_the_same_as_without_it():
+    from core.config import ModelConfig
+
+    def head_kernel(classifier):
+        return classifier.model.get_layer("logits").get_weights()[0]
+
+    keras.utils.set_random_seed(3)
+    built = build_model(ModelConfig(backbone="MobileNet"), 3, 128)
+    prebuild("MobileNet", 128)
+    keras.utils.set_random_seed(3)
+    with_prebuilt = build_model(ModelConfig(backbone="MobileNet"), 3, 128)
+    again = load_backbone("MobileNet", 128)  # the prebuilt one was taken: this one is new
+    assert again is not with_prebuilt.backbone
+    np.testing.assert_array_equal(first_kernel(with_prebuilt.backbone), first_kernel(built.backbone))
+    np.testing.assert_array_equal(head_kernel(with_prebuilt), head_kernel(built))
+    keras.utils.set_random_seed(3)
+    np.testing.assert_array_equal(head_kernel(build_model(ModelConfig(backbone="MobileNet"), 3, 128)),
+                                  head_kernel(built))
+    prebuild("MobileNet", 128)
+    assert load_backbone("MobileNet", 128, "none") is not load_backbone("MobileNet", 128)  # "none" never takes it
 
 
 @pytest.fixture

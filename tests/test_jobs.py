@@ -14,12 +14,12 @@ import time
 
 import pytest
 
-from core.config import RunConfig
+from core.config import DataConfig, ModelConfig, RunConfig
 from core.errors import UserError
 from core.training.jobs import JobManager
 from core.training.progress import FileProgress, Progress, ProgressRecord, RunProgress
 from core.training.runs import Run
-from core.training.worker import Worker, exit_reason, pinned_environment
+from core.training.worker import PREBUILD_AFTER, Worker, exit_reason, pinned_environment
 
 TIMEOUT = 60
 
@@ -364,6 +364,36 @@ def test_the_next_worker_warms_up_after_the_job_not_while_it_runs(manager, make_
     worker = manager.warm_worker()
     assert worker is not None and worker.is_alive() and worker.wait_ready(TIMEOUT) is not None
     assert worker.pid != job.run.status()["worker_pid"]
+
+
+def record_prebuilt(run, progress):
+    """Write the backbones this worker had prebuilt when its job started."""
+    from core.model import backbones
+
+    (run.path / "prebuilt.json").write_text(json.dumps(sorted(backbones._PREBUILT)))
+
+
+def test_an_idle_warm_worker_prebuilds_the_last_jobs_backbone_and_one_sent_at_once_does_not_wait(manager, tmp_path):
+    imagenet = Run.create(tmp_path / "runs", RunConfig(data=DataConfig(image_size=128),
+                                                       model=ModelConfig(backbone="MobileNet")))
+    manager.submit(imagenet, log_line)
+    assert manager.wait(TIMEOUT)
+    worker = manager.warm_worker()
+    assert worker.prebuild == ("MobileNet", 128)
+    sent_at_once = Run.create(tmp_path / "runs", imagenet.config)  # fine-tuning straight after the head, say
+    manager.submit(sent_at_once, record_prebuilt)
+    assert manager.wait(TIMEOUT) and json.loads((sent_at_once.path / "prebuilt.json").read_text()) == []
+
+    idle = manager.warm_worker()
+    assert idle.wait_ready(TIMEOUT) is not None
+    time.sleep(PREBUILD_AFTER + 0.5)  # a user changing a head setting: the worker builds the backbone meanwhile
+    later = Run.create(tmp_path / "runs", imagenet.config)
+    manager.submit(later, record_prebuilt)
+    assert manager.wait(TIMEOUT) and json.loads((later.path / "prebuilt.json").read_text()) == [["MobileNet", 128]]
+
+    scratch = Run.create(tmp_path / "runs", RunConfig(model=ModelConfig(weights="none")))
+    manager.submit(scratch, log_line)
+    assert manager.wait(TIMEOUT) and manager.warm_worker().prebuild is None  # random weights: nothing to prebuild
 
 
 # --- GPU pinning: with several workers, job slot i gets GPU i mod count ----------------

@@ -6,7 +6,8 @@ server's process at all. One `JobManager` per server process (the UI keeps it in
 `st.cache_resource`) queues jobs first in, first out, and runs up to `workers` of
 them at once (`$TL_WORKERS`, default 1), each in its own spawned worker process
 (see `core.training.worker` for why). It keeps one warm worker ready, started
-before it is needed, and starts the next while a job runs. With more than one worker
+before it is needed (never while a job runs), which also builds the backbone of the
+last job to end (`backbone_to_prebuild`). With more than one worker
 on a machine with GPUs, job slot i runs on GPU i mod count (`worker.pinned_environment`);
 the server itself only lists the GPUs (which takes no GPU memory).
 
@@ -77,6 +78,17 @@ def visible_gpus() -> list[str]:
     return [str(index) for index in range(len(tf.config.list_physical_devices("GPU")))]
 
 
+def backbone_to_prebuild(run: Run) -> tuple[str, int] | None:
+    """(backbone name, image size) of `run`'s model when it loads ImageNet weights, else
+    None: what the next warm worker builds ahead (`Worker(prebuild=...)`), since a next
+    run most often changes only the head's settings."""
+    try:
+        config = run.config
+    except (OSError, UserError):
+        return None
+    return (config.model.backbone, config.data.image_size) if config.model.weights == "imagenet" else None
+
+
 class JobManager:
     """Runs submitted jobs, first in first out, `workers` at a time, each in a fresh
     worker process that imported `preload` before it was needed.
@@ -96,6 +108,7 @@ class JobManager:
         self._jobs: dict[str, Job] = {}
         self._running: dict[str, Job] = {}
         self._warm: Worker | None = None
+        self._prebuild: tuple[str, int] | None = None  # the backbone of the last job to end, for the next worker
         self._closed = False
         with self._cond:
             self._keep_warm()
@@ -216,7 +229,7 @@ class JobManager:
         if not self._closed and (self._warm is None or not self._warm.is_alive()):
             free = self._free_slots()
             slot = free[0] if free else next(iter(self._running.values())).slot
-            self._warm = Worker(self._preload, pinned_environment(slot, self._gpus), slot)
+            self._warm = Worker(self._preload, pinned_environment(slot, self._gpus), slot, self._prebuild)
 
     def _dispatch(self) -> None:
         while True:
@@ -262,9 +275,11 @@ class JobManager:
                 job.error = status.get("error")
         except (OSError, UserError):
             traceback.print_exc()  # the disk is failing: the queue goes on regardless
+        prebuild = backbone_to_prebuild(job.run)
         with self._cond:
             job.state, job.worker = JOB_DONE, None
             self._running.pop(job.run_id, None)
+            self._prebuild = prebuild
             if not self._running:  # warm the next job's worker now, not while a job needs the CPU
                 self._keep_warm()
             self._cond.notify_all()

@@ -7,7 +7,12 @@ Design, all from the standard library's `multiprocessing` with the "spawn" conte
   the last running job ends, never while a job runs (its start-up would take CPU from
   that job). It imports TensorFlow/Keras and the workflow (`preload`, several seconds),
   says "ready" on its `Pipe`, then waits for one job, so a job started on an idle
-  server finds a warm worker.
+  server finds a warm worker. Given a backbone to prebuild (the one the last job used,
+  with ImageNet weights) and no job within `PREBUILD_AFTER` seconds of being ready, it
+  builds that backbone while it waits (`core.model.backbones.prebuild`), so a next run
+  on the same backbone, the usual quick try, does not wait for Keras to build it, while
+  a job sent at once (fine-tuning straight after the head, a queued job) is not delayed
+  by a backbone it may not need.
 - It runs that one job and exits. Whatever TensorFlow's runtime keeps (it never gives
   back some of the memory of a finished job) goes with the process, so the server's
   memory stays flat by construction, and a crash inside TensorFlow, an out-of-memory
@@ -49,6 +54,7 @@ from core.training.runs import FAILED, FINISHED, STOPPED, Run
 
 CONTEXT = multiprocessing.get_context("spawn")
 PRELOAD = ("core.workflow",)  # imports TensorFlow and Keras
+PREBUILD_AFTER = 2.0  # seconds a ready worker waits for a job before it prebuilds a backbone
 _MAIN_LOCK = threading.Lock()
 
 
@@ -103,16 +109,19 @@ class Worker:
 
     `environment` is set in the worker's `os.environ` before it imports anything of
     `preload` (TensorFlow reads `CUDA_VISIBLE_DEVICES` when it first looks for GPUs);
-    `slot` is the job slot it was started for (see `pinned_environment`).
+    `slot` is the job slot it was started for (see `pinned_environment`); `prebuild`,
+    (backbone name, image size) or None, is a backbone to build with ImageNet weights
+    once idle, for the job to take (a failure there is left for the job to meet).
     `send(run, payload)` hands it the job (`payload`: a pickled `fn(run, progress)`);
     `retire()` ends a worker that was never used.
     """
 
-    def __init__(self, preload: tuple[str, ...] = PRELOAD, environment: dict[str, str] | None = None, slot: int = 0):
+    def __init__(self, preload: tuple[str, ...] = PRELOAD, environment: dict[str, str] | None = None, slot: int = 0,
+                 prebuild: tuple[str, int] | None = None):
         self.created = time.monotonic()
-        self.environment, self.slot = dict(environment or {}), slot
+        self.environment, self.slot, self.prebuild = dict(environment or {}), slot, prebuild
         self._connection, child = CONTEXT.Pipe()
-        self.process = CONTEXT.Process(target=serve, args=(child, tuple(preload), self.environment),
+        self.process = CONTEXT.Process(target=serve, args=(child, tuple(preload), self.environment, prebuild),
                                        name="tl-worker", daemon=True)
         with _without_main_script():
             self.process.start()
@@ -151,8 +160,10 @@ class Worker:
             self.process.join()
 
 
-def serve(connection, preload: tuple[str, ...], environment: dict[str, str] | None = None) -> None:
-    """The worker's main: set `environment`, import `preload`, say ready, run the one job
+def serve(connection, preload: tuple[str, ...], environment: dict[str, str] | None = None,
+          prebuild: tuple[str, int] | None = None) -> None:
+    """The worker's main: set `environment`, import `preload`, say ready, build the
+    `prebuild` backbone if no job came within `PREBUILD_AFTER` seconds, run the one job
     sent, exit. Nothing this module imports loads TensorFlow, so `environment` is in
     place before it is."""
     os.environ.update(environment or {})
@@ -167,10 +178,21 @@ def serve(connection, preload: tuple[str, ...], environment: dict[str, str] | No
         import_failure = traceback.format_exc()
     try:
         connection.send(("ready", time.monotonic() - started))
+        if prebuild is not None and import_failure is None and not connection.poll(PREBUILD_AFTER):
+            _prebuild(*prebuild)
         run_path, payload = connection.recv()
     except (EOFError, OSError):  # retired, or the server went away
         return
     run_job(Run(Path(run_path)), payload, import_failure)
+
+
+def _prebuild(name: str, image_size: int) -> None:
+    from core.model import backbones  # imports Keras: only once `environment` is in place
+
+    try:
+        backbones.prebuild(name, image_size)
+    except Exception:  # weights offline, say: the job builds it and reports that itself
+        traceback.print_exc()
 
 
 def run_job(run: Run, payload: bytes, import_failure: str | None = None) -> None:
