@@ -19,7 +19,8 @@ def test_a_dashboard_config_runs_unchanged(tmp_path):
             Image.new("RGB", (40, 40), tuple(max(0, c - 5 * i) for c in colour)).save(root / "colours" / name / f"{i}.png")
     exported = RunConfig(data=DataConfig(source="folder", name="colours", image_size=96, val_fraction=0.25,
                                          test_fraction=0.25),
-                         head=TrainConfig(epochs=2, views=1), fine_tune=None, name="from the dashboard")
+                         head=TrainConfig(epochs=8, learning_rate=1e-2, views=1), fine_tune=None,
+                         name="from the dashboard")
     path = tmp_path / "config.json"
     path.write_text(config_io.dumps(exported))
 
