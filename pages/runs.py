@@ -28,6 +28,7 @@ from pages._curves import comparison_curves
 from pages._run_picker import run_label, run_picker_ui, run_status
 
 MODEL_KINDS = {"final": "Final (after the last phase)", "best": "Best epoch", "head": "Head only"}
+DEFAULT_EXPORTS = ("keras", "tflite")  # what is most often shipped: the others are one click away
 #: The runs table re-reads every run folder, so it polls less often than a job panel.
 TABLE_POLL_SECONDS = 2
 PERCENT = st.column_config.NumberColumn(format="percent")
@@ -119,14 +120,18 @@ def export_panel(run: runs.Run) -> None:
         st.caption("This run has no saved model yet.")
         return
     kind = st.radio("Model", kinds, format_func=MODEL_KINDS.get, horizontal=True, key="runs_export_kind")
-    if st.button("Export", key="runs_export", icon=":material/ios_share:"):
-        with st.status("Exporting and checking every format (about a minute)...") as status, user_errors():
-            packaging.export_run(run, kind, on_step=status.write)
+    formats = st.multiselect("Formats", list(export.FORMATS), default=list(DEFAULT_EXPORTS), key="runs_export_formats",
+                             format_func=lambda key: f"{export.FORMATS[key].file_name}: {export.FORMATS[key].title}",
+                             help="Each file is written, then run on the test split in the runtime it loads "
+                                  "with; the TFLite files are converted from a SavedModel.")
+    if st.button("Export", key="runs_export", icon=":material/ios_share:", disabled=not formats):
+        with st.status(f"Exporting and checking {len(formats)} format(s)...") as status, user_errors():
+            packaging.export_run(run, kind, formats, on_step=status.write)
             status.update(label="Exported and checked.", state="complete", expanded=False)
     manifest = packaging.read_manifest(run, kind)  # on disk: deleted or outdated files are never shown
     if manifest is None:
-        st.caption("Writes .keras, a SavedModel, float, dynamic-range and int8 TFLite files, labels.txt and "
-                   "MODEL_CARD.md into the run's export/ folder, then runs each file on the test split.")
+        st.caption("Writes the chosen formats (.keras, a SavedModel, float, dynamic-range and int8 TFLite), "
+                   "labels.txt and MODEL_CARD.md into the run's export/ folder, then runs each file on the test split.")
         return
     parity_table(manifest)
     folder = packaging.export_folder(run, kind)

@@ -104,17 +104,20 @@ def test_load_into_session_sets_the_runs_configs(page, run):
     assert run.id in at.success[0].value
 
 
-def test_export_writes_every_format_with_its_parity_and_deleted_files_are_not_offered(page, run, data_root):
+def test_export_writes_the_chosen_formats_with_their_parity_and_deleted_files_are_not_offered(page, run, data_root):
     import shutil
 
     at = page(run_id=run.id)
     assert not at.get("download_button") or all(b.label == "config.json" for b in at.get("download_button"))
-    at.button(key="runs_export").click().run(timeout=600)  # five formats, each checked in its runtime
+    assert at.multiselect(key="runs_export_formats").value == ["keras", "tflite"]  # the default
+    at.multiselect(key="runs_export_formats").select("int8").run()
+    at.button(key="runs_export").click().run(timeout=600)  # each format checked in its runtime
     assert not at.exception
     folder = run.path / "export" / "final"
     manifest = json.loads((folder / "manifest.json").read_text())
     table = at.dataframe[1].value.set_index("file")
-    assert list(table.index) == [export.FORMATS[key].file_name for key in export.FORMATS]
+    assert list(table.index) == ["model.keras", "model_float.tflite", "model_int8.tflite"]
+    assert not (folder / "saved_model.zip").exists()  # not chosen, not written
     for row in manifest["parity"]:
         assert (folder / row["file"]).stat().st_size == table.loc[row["file"], "bytes"] > 0
         assert table.loc[row["file"], "agreement"] == pytest.approx(row["agreement"])
@@ -139,7 +142,9 @@ def test_export_writes_every_format_with_its_parity_and_deleted_files_are_not_of
     at.run()
     parity_tables = [frame for frame in at.dataframe if "agreement" in frame.value.columns]
     assert not parity_tables and {b.label for b in at.get("download_button")} == {"config.json"}
-    assert any(caption.value.startswith("Writes .keras") for caption in at.caption)  # what Export will do
+    assert any(caption.value.startswith("Writes the chosen formats") for caption in at.caption)  # what Export does
+    at.multiselect(key="runs_export_formats").set_value([]).run()
+    assert at.button(key="runs_export").disabled  # nothing chosen, nothing to export
 
 
 def wait_for_stop(run: runs.Run, progress) -> None:
