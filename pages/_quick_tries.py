@@ -20,6 +20,7 @@ from core.data import image_cache
 from core.training import feature_cache, runs
 from pages._common import (
     POLL_SECONDS,
+    RUN_PARAM,
     current_data,
     job_manager,
     live_job,
@@ -154,16 +155,26 @@ def _sweep_panel(run_id: str) -> None:
                             hover_data=["learning_rate", "dropout", "hidden_units", "epochs", "class_weights"])
         figure.update_layout(height=280, margin=dict(t=20, b=10), yaxis_title="validation accuracy")
         st.plotly_chart(figure, width="stretch", key=f"sweep-chart-{run_id}")
-        st.dataframe(frame, hide_index=True, width="stretch",
-                     column_config={"learning_rate": st.column_config.NumberColumn(format="%.1e")})
+        scores = ["trial", "val_accuracy", "val_loss", "epoch"]
+        table = frame[scores + [column for column in frame.columns if column not in scores]]
+        st.dataframe(table.rename(columns={"epoch": "best epoch"}), hide_index=True, width="stretch",
+                     column_config={"learning_rate": st.column_config.NumberColumn(format="%.1e"),
+                                    "best epoch": st.column_config.NumberColumn(
+                                        help="The epoch with the best validation accuracy, of the trial's epochs")})
         best_run = record.get("best_run")
-        if best_run:
-            st.success(f"Best trial {record['best']['trial']} (validation accuracy "
-                       f"{record['best']['val_accuracy']:.3f}) trained as run `{best_run}`.",
-                       icon=":material/emoji_events:")
-            if st.button("Fine-tune the best trial", key=f"sweep-use-{run_id}", icon=":material/arrow_forward:"):
-                st.session_state["head_run_id"] = st.session_state["run_id"] = best_run
-                st.switch_page("pages/fine_tune.py")
+        if not best_run:
+            return
+        best = f"Best trial {record['best']['trial']} (validation accuracy {record['best']['val_accuracy']:.3f}; " \
+               "a tie goes to the lower validation loss)"
+        if live is not None:
+            st.info(f"{best}: training it as run `{best_run}`...", icon=":material/hourglass_top:")
+            return
+        st.success(f"{best} trained as run `{best_run}`.", icon=":material/emoji_events:")
+        # A link, not a button that switches page: this panel reruns on a timer while the sweep
+        # runs, and a page switch from inside it once left a trial's browser on a blank page.
+        # The page it opens follows the run named in its URL (`sync_url`), with its settings.
+        st.page_link("pages/fine_tune.py", label="Fine-tune the best trial", icon=":material/arrow_forward:",
+                     query_params={RUN_PARAM: best_run})
 
     panel()
 

@@ -121,7 +121,7 @@ def export_panel(run: runs.Run) -> None:
         return
     kind = st.radio("Model", kinds, format_func=MODEL_KINDS.get, horizontal=True, key="runs_export_kind")
     formats = st.multiselect("Formats", list(export.FORMATS), default=list(DEFAULT_EXPORTS), key="runs_export_formats",
-                             format_func=lambda key: f"{export.FORMATS[key].file_name}: {export.FORMATS[key].title}",
+                             format_func=lambda key: f"{export.FORMATS[key].file_name}: {export.FORMATS[key].title.replace('`', '')}",
                              help="Each file is written, then run on the test split in the runtime it loads "
                                   "with; the TFLite files are converted from a SavedModel.")
     if st.button("Export", key="runs_export", icon=":material/ios_share:", disabled=not formats):

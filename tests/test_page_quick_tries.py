@@ -78,8 +78,15 @@ def test_train_head_says_when_features_are_cached_and_the_sweep_ends_in_a_run_to
     assert any(f"trained as run `{record['best_run']}`" in element.value for element in at.success)
     assert CACHED in texts(at)  # the sweep stored the features this head run reads
 
-    by_label(at.button, "Fine-tune the best trial").click().run()
-    assert at.session_state["head_run_id"] == record["best_run"]
+    assert list(at.dataframe[-1].value.columns[:4]) == ["trial", "val_accuracy", "val_loss", "best epoch"]
+
+    link = next(element.proto for element in at.get("page_link") if element.proto.label == "Fine-tune the best trial")
+    assert link.page.endswith("fine_tune") and link.query_string == f"run={record['best_run']}"
+    opened = AppTest.from_file(APP, default_timeout=120)  # the link opens the run it names
+    opened.query_params["run"] = record["best_run"]
+    opened.run()
+    opened.switch_page("pages/fine_tune.py").run()
+    assert not opened.exception and opened.session_state["head_run_id"] == record["best_run"]
 
 
 def test_the_learning_rate_finder_sets_the_head_form():
