@@ -61,8 +61,8 @@ def runs_table(rows: list[dict]) -> None:
         st.dataframe(frame, hide_index=True, column_config={
             "best val accuracy": PERCENT,
             "test accuracy": PERCENT,
-            "head LR": st.column_config.NumberColumn(format="%.0e"),
-            "fine-tune LR": st.column_config.NumberColumn(format="%.0e"),
+            "head LR": st.column_config.NumberColumn(format="%.1e"),
+            "fine-tune LR": st.column_config.NumberColumn(format="%.1e"),
             "seconds": st.column_config.NumberColumn("training time (s)", format="%.1f"),
             "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
         })

@@ -33,6 +33,9 @@ def test_run_row_describes_settings_scores_and_time(run):
     assert row["run"] == run.id and row["name"] == "flowers" and row["status"] == runs.FINISHED
     assert (row["dataset"], row["backbone"], row["image size"]) == ("flowers", "MobileNetV2", 128)
     assert (row["head epochs"], row["head LR"], row["fine-tune epochs"], row["fine-tune LR"]) == (2, 1e-3, 1, 1e-5)
+    config = run.config
+    assert (row["head optimizer"], row["dropout"], row["hidden units"]) == (
+        config.head.optimizer, config.model.dropout, config.model.hidden_units)  # what a quick try changes
     assert row["unfreeze"] == "100"
     assert row["training path"] == "features / full"
     assert row["best val accuracy"] == 0.8  # the best epoch, not the last
