@@ -88,10 +88,10 @@ def parity_table(manifest: dict) -> None:
              "test accuracy": row.get("test_accuracy"), "agreement": row.get("agreement"),
              "max prob. diff.": row.get("max_probability_difference"), "ms / image": row.get("ms_per_image"),
              "check": "ok" if row["ok"] else ("does not run" if "error" in row else "⚠ below bound"),
-             "what": export.FORMATS[row["format"]].title} for row in manifest["parity"]]
+             "what": export.FORMATS[row["format"]].title.replace("`", "")} for row in manifest["parity"]]
     if not rows:  # no test split: sizes only
         rows = [{"file": file["file"], "size": size_text(file["bytes"]), "bytes": file["bytes"],
-                 "what": export.FORMATS[key].title} for key, file in manifest["files"].items()]
+                 "what": export.FORMATS[key].title.replace("`", "")} for key, file in manifest["files"].items()]
     st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
         "test accuracy": PERCENT, "agreement": PERCENT,
         "max prob. diff.": st.column_config.NumberColumn(format="%.4f"),
