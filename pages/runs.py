@@ -80,6 +80,11 @@ def load_run(run: runs.Run) -> None:
     st.session_state["runs_notice"] = f"Run {run.id} is now the session's run: its data, augmentation, model and training settings are loaded."
 
 
+def format_title(key: str) -> str:
+    """An export format's title as plain text (tables and pickers show no markdown)."""
+    return export.FORMATS[key].title.replace("`", "")
+
+
 def parity_table(manifest: dict) -> None:
     """Per export: size, test accuracy, agreement with the Keras model, largest probability
     difference and latency; a warning naming each export below its agreement bound."""
@@ -88,10 +93,10 @@ def parity_table(manifest: dict) -> None:
              "test accuracy": row.get("test_accuracy"), "agreement": row.get("agreement"),
              "max prob. diff.": row.get("max_probability_difference"), "ms / image": row.get("ms_per_image"),
              "check": "ok" if row["ok"] else ("does not run" if "error" in row else "⚠ below bound"),
-             "what": export.FORMATS[row["format"]].title.replace("`", "")} for row in manifest["parity"]]
+             "what": format_title(row["format"])} for row in manifest["parity"]]
     if not rows:  # no test split: sizes only
         rows = [{"file": file["file"], "size": size_text(file["bytes"]), "bytes": file["bytes"],
-                 "what": export.FORMATS[key].title.replace("`", "")} for key, file in manifest["files"].items()]
+                 "what": format_title(key)} for key, file in manifest["files"].items()]
     st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
         "test accuracy": PERCENT, "agreement": PERCENT,
         "max prob. diff.": st.column_config.NumberColumn(format="%.4f"),
@@ -121,7 +126,7 @@ def export_panel(run: runs.Run) -> None:
         return
     kind = st.radio("Model", kinds, format_func=MODEL_KINDS.get, horizontal=True, key="runs_export_kind")
     formats = st.multiselect("Formats", list(export.FORMATS), default=list(DEFAULT_EXPORTS), key="runs_export_formats",
-                             format_func=lambda key: f"{export.FORMATS[key].file_name}: {export.FORMATS[key].title.replace('`', '')}",
+                             format_func=lambda key: f"{export.FORMATS[key].file_name}: {format_title(key)}",
                              help="Each file is written, then run on the test split in the runtime it loads "
                                   "with; the TFLite files are converted from a SavedModel.")
     if st.button("Export", key="runs_export", icon=":material/ios_share:", disabled=not formats):

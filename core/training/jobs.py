@@ -6,8 +6,8 @@ server's process at all. One `JobManager` per server process (the UI keeps it in
 `st.cache_resource`) queues jobs first in, first out, and runs up to `workers` of
 them at once (`$TL_WORKERS`, default 1), each in its own spawned worker process
 (see `core.training.worker` for why). It keeps one warm worker ready, started
-before it is needed (never while a job runs), which also builds the backbone of the
-last job to end (`backbone_to_prebuild`). With more than one worker
+before it is needed (never while a job runs); left idle, that worker builds the
+backbone of the last job to end (`backbone_to_prebuild`). With more than one worker
 on a machine with GPUs, job slot i runs on GPU i mod count (`worker.pinned_environment`);
 the server itself only lists the GPUs (which takes no GPU memory).
 
