@@ -17,7 +17,7 @@ import streamlit as st
 from core import workflow
 from core.config import TrainConfig
 from core.data import image_cache
-from core.training import feature_cache, runs
+from core.training import feature_cache, runs, sweep
 from pages._common import (
     POLL_SECONDS,
     RUN_PARAM,
@@ -163,11 +163,18 @@ def _sweep_panel(run_id: str) -> None:
                                         help="The epoch with the best validation accuracy, of the trial's epochs")})
         best_run = record.get("best_run")
         if not best_run:
+            if live is None and sweep_run.status()["status"] == runs.STOPPED:
+                _stopped_sweep_ui(rows)
             return
         best = f"Best trial {record['best']['trial']} (validation accuracy {record['best']['val_accuracy']:.3f}; " \
                "a tie goes to the lower validation loss)"
         if live is not None:
             st.info(f"{best}: training it as run `{best_run}`...", icon=":material/hourglass_top:")
+            return
+        best_status = runs.Run(sweep_run.path.parent / best_run).status()["status"]
+        if best_status != runs.FINISHED:
+            st.warning(f"{best}: its run `{best_run}` did not finish ({best_status}). "
+                       "Start head training with its settings, or Try several again.", icon=":material/stop_circle:")
             return
         st.success(f"{best} trained as run `{best_run}`.", icon=":material/emoji_events:")
         # A link, not a button that switches page: this panel reruns on a timer while the sweep
@@ -177,6 +184,19 @@ def _sweep_panel(run_id: str) -> None:
                      query_params={RUN_PARAM: best_run})
 
     panel()
+
+
+def _stopped_sweep_ui(rows: list[dict]) -> None:
+    """A sweep stopped before its best trial became a run: say so, and offer the best
+    trial so far's settings on the head form (and the Model page's dropout and hidden units)."""
+    best = sweep.best_row(rows)
+    st.warning(f"The sweep was stopped after {len(rows)} trial(s), so no run was trained from them. "
+               f"The best so far is trial {best['trial']} (validation accuracy {best['val_accuracy']:.3f}).",
+               icon=":material/stop_circle:")
+    if st.button(f"Put trial {best['trial']}'s settings on the form", key="sweep_use_best", icon=":material/check:"):
+        chosen = sweep.apply(session_run_config(), best)
+        st.session_state["head_config"], st.session_state["model_config"] = chosen.head, chosen.model
+        st.rerun()
 
 
 def cache_section_ui() -> None:

@@ -5,6 +5,7 @@ Train head and Fine-tune, and the caches' size and Clear button on Runs.
 Real jobs on the built-in demo shapes at 128 px with the real MobileNet alpha 0.25
 weights; a fresh cache directory for this module, so "not cached" is true at first.
 """
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from core import settings, workflow
 from core.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
-from core.training import feature_cache, runs
+from core.training import feature_cache, runs, sweep
 from pages._common import job_manager, size_text
 from pages._quick_tries import CACHED
 
@@ -87,6 +88,35 @@ def test_train_head_says_when_features_are_cached_and_the_sweep_ends_in_a_run_to
     opened.run()
     opened.switch_page("pages/fine_tune.py").run()
     assert not opened.exception and opened.session_state["head_run_id"] == record["best_run"]
+
+
+def test_a_stopped_sweep_says_so_and_puts_its_best_trial_on_the_form():
+    at = open_page("pages/train_head.py")
+    at.number_input(key="sweep_trials").set_value(200)
+    by_label(at.button, "Try several").click().run()
+    sweep_run = runs.Run(settings.runs_dir() / at.session_state["sweep_run_id"])
+    deadline = time.monotonic() + 180
+    while len(sweep_run.read_json(workflow.SWEEP_FILE, default={}).get("trials", [])) < 2:
+        assert time.monotonic() < deadline, "the sweep wrote no two trials in time"
+        time.sleep(0.1)
+    at.run()
+    by_label(at.button, "Stop the sweep").click().run()
+    finish(at)
+
+    record = sweep_run.read_json(workflow.SWEEP_FILE)
+    assert sweep_run.status()["status"] == runs.STOPPED
+    assert 2 <= len(record["trials"]) < 200 and "best_run" not in record
+    best = sweep.best_row(record["trials"])
+    assert any(f"stopped after {len(record['trials'])} trial(s)" in element.value for element in at.warning)
+    assert not any("trained as run" in element.value for element in at.success)
+
+    by_label(at.button, f"Put trial {best['trial']}'s settings on the form").click().run()
+    assert not at.exception, at.exception
+    head, model = at.session_state["head_config"], at.session_state["model_config"]
+    assert head.learning_rate == pytest.approx(best["learning_rate"]) and model.dropout == pytest.approx(best["dropout"])
+    assert (head.epochs, head.optimizer, head.class_weights, model.hidden_units) == (
+        best["epochs"], best["optimizer"], best["class_weights"], best["hidden_units"])
+    assert by_label(at.number_input, "Epochs").value == best["epochs"]
 
 
 def test_the_learning_rate_finder_sets_the_head_form():
