@@ -109,8 +109,13 @@ class TrainConfig:
     views: int = 1
 
 
-#: Fine-tuning defaults: the tutorial's cut (layer 100 of MobileNetV2) at a 10x lower learning rate.
-DEFAULT_FINE_TUNE = TrainConfig(optimizer="adam", learning_rate=1e-4, epochs=3, fine_tune_at="100")
+#: The TF MobileNetV2 tutorial's cut: its `fine_tune_at = 100`.
+TUTORIAL_CUT = "100"
+#: Fine-tuning defaults: 3 epochs at a 10x lower learning rate than the head's, from layer 125
+#: of MobileNetV2 (`block_14_expand`: its last three blocks), not the tutorial's 100. On both
+#: shared datasets, three seeds each, 125 scored as well on all validation images (cats vs
+#: dogs 0.980 against 0.970, flowers 0.743 against 0.744) in about half the fine-tuning time.
+DEFAULT_FINE_TUNE = TrainConfig(optimizer="adam", learning_rate=1e-4, epochs=3, fine_tune_at="125")
 
 
 @dataclass(frozen=True)

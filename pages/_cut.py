@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.config import DEFAULT_FINE_TUNE
+from core.config import DEFAULT_FINE_TUNE, TUTORIAL_CUT
 from core.errors import UserError
 from pages._common import seed_widget
 
@@ -18,8 +18,8 @@ UNFREEZE = {
     "index": "Unfreeze from layer index",
     "name": "Unfreeze from layer name",
 }
-#: The references' cut points: the TF tutorial's fine_tune_at = 100 of MobileNetV2
-#: (`DEFAULT_FINE_TUNE`), the book's block5_conv1 of VGG16.
+#: The default cut points: layer 125 of MobileNetV2 (`DEFAULT_FINE_TUNE`; the TF tutorial's is
+#: `TUTORIAL_CUT`), the book's block5_conv1 of VGG16.
 REFERENCE_CUTS = {"MobileNetV2": DEFAULT_FINE_TUNE.fine_tune_at, "VGG16": "block5_conv1"}
 
 
@@ -87,7 +87,9 @@ def _layer_ui(backbone_name: str, classifier, fine_tune_at: str | None, mode: st
         index_key = f"{key}_unfreeze_index:{backbone_name}"
         seed_widget(index_key, start)
         index = st.slider(f"First trainable layer (of {len(names)})", 0, len(names) - 1, key=index_key,
-                          help="Layers from this index on train; the tutorial unfreezes MobileNetV2 from 100.")
+                          help=f"Layers from this index on train. For MobileNetV2 the default is "
+                               f"{DEFAULT_FINE_TUNE.fine_tune_at} (its last three blocks); the TF tutorial "
+                               f"unfreezes from {TUTORIAL_CUT}, for about twice the fine-tuning time.")
         st.caption(f"Layer {index} is `{names[index]}`.")
         return str(index)
     name_key = f"{key}_unfreeze_name:{backbone_name}"

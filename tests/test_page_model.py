@@ -73,7 +73,7 @@ def test_frozen_backbone_shows_the_counts_core_computes(page, expected):
 def test_unfreezing_from_a_layer_index_moves_the_trainable_count(page, expected):
     page.radio(key="model_unfreeze").set_value("index").run()
     slider = page.slider(key="model_unfreeze_index:MobileNetV2")
-    assert slider.value == 100  # the tutorial's fine_tune_at
+    assert slider.value == 125  # the default cut (DEFAULT_FINE_TUNE), block_14_expand
     slider.set_value(100).run()
     assert not page.exception
     assert shown_counts(page) == expected("100")
