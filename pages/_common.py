@@ -18,7 +18,7 @@ from core.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, Train
 from core.data import datasets
 from core.errors import UserError
 from core.training import runs
-from core.training.jobs import JOB_DONE, Job, JobManager
+from core.training.jobs import JOB_DONE, Job, JobManager, default_backbone
 
 
 def _use_the_app_shell() -> None:
@@ -140,8 +140,10 @@ def image_grid(images: np.ndarray, captions: list[str], columns: int = 3) -> Non
 @st.cache_resource
 def job_manager() -> JobManager:
     """The server's job queue: jobs run in worker processes ($TL_WORKERS at once),
-    outside any script run, so page switches and reloads do not touch them."""
-    return JobManager()
+    outside any script run, so page switches and reloads do not touch them. Its first warm
+    worker builds the default model's backbone ahead (when its weights are cached), so a
+    first run on the defaults does not wait for it."""
+    return JobManager(prebuild=default_backbone())
 
 
 def live_job(run_id: str | None) -> Job | None:

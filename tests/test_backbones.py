@@ -113,6 +113,14 @@ def offline(monkeypatch):
     return targets
 
 
+def test_a_backbone_whose_weights_are_not_cached_is_not_prebuilt(offline):
+    assert not BACKBONES["EfficientNetB0"].weights_cached(64)
+    prebuild("EfficientNetB0", 64)  # would download: it builds nothing instead, and raises nothing
+    assert offline == []
+    with pytest.raises(WeightsUnavailableError):  # nothing prebuilt: the job meets the missing weights itself
+        load_backbone("EfficientNetB0", 64, "imagenet")
+
+
 @pytest.mark.parametrize("name,size", [("MobileNetV3Small", 64), ("EfficientNetB0", 64)])
 def test_missing_weights_give_an_actionable_message(offline, name, size):
     spec = BACKBONES[name]

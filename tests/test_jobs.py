@@ -396,6 +396,20 @@ def test_an_idle_warm_worker_prebuilds_the_last_jobs_backbone_and_one_sent_at_on
     assert manager.wait(TIMEOUT) and manager.warm_worker().prebuild is None  # random weights: nothing to prebuild
 
 
+def test_a_new_managers_first_worker_prebuilds_the_backbone_it_was_given(tmp_path):
+    manager = JobManager(workers=1, preload=(), prebuild=("MobileNet", 128))  # the dashboard gives its default's
+    try:
+        worker = manager.warm_worker()
+        assert worker.prebuild == ("MobileNet", 128) and worker.wait_ready(TIMEOUT) is not None
+        time.sleep(PREBUILD_AFTER + 0.5)  # a user choosing the data before the first Start
+        first = Run.create(tmp_path / "runs", RunConfig(data=DataConfig(image_size=128),
+                                                        model=ModelConfig(backbone="MobileNet")))
+        manager.submit(first, record_prebuilt)
+        assert manager.wait(TIMEOUT) and json.loads((first.path / "prebuilt.json").read_text()) == [["MobileNet", 128]]
+    finally:
+        manager.close()
+
+
 # --- GPU pinning: with several workers, job slot i gets GPU i mod count ----------------
 
 def record_environment(run, progress):

@@ -234,9 +234,12 @@ def prebuild(name: str, image_size: int) -> None:
     waits for its job: building MobileNetV2 takes a fresh process about 2 s).
 
     Only ImageNet weights are prebuilt: they are the same whenever they are loaded, so a
-    prebuilt backbone is the one `load_backbone` would build. Raises what `load_backbone` raises.
+    prebuilt backbone is the one `load_backbone` would build. Only weights already in the
+    Keras cache: a prebuild never downloads (offline, a download could keep the job that
+    comes meanwhile waiting); without them it builds nothing. Raises what `load_backbone` raises.
     """
-    _PREBUILT[(name, image_size)] = load_backbone(name, image_size, "imagenet")
+    if get_backbone_spec(name).weights_cached(image_size):
+        _PREBUILT[(name, image_size)] = load_backbone(name, image_size, "imagenet")
 
 
 def load_backbone(name: str, image_size: int, weights: str = "imagenet") -> keras.Model:

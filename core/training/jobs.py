@@ -7,7 +7,8 @@ server's process at all. One `JobManager` per server process (the UI keeps it in
 them at once (`$TL_WORKERS`, default 1), each in its own spawned worker process
 (see `core.training.worker` for why). It keeps one warm worker ready, started
 before it is needed (never while a job runs); left idle, that worker builds the
-backbone of the last job to end (`backbone_to_prebuild`). With more than one worker
+backbone of the last job to end (`backbone_to_prebuild`), or before any job has ended
+the one the manager was given (the dashboard gives its default model's). With more than one worker
 on a machine with GPUs, job slot i runs on GPU i mod count (`worker.pinned_environment`);
 the server itself only lists the GPUs (which takes no GPU memory).
 
@@ -29,6 +30,7 @@ from collections import deque
 from collections.abc import Callable
 
 from core import settings
+from core.config import DataConfig, ModelConfig
 from core.errors import UserError
 from core.training.progress import RunProgress
 from core.training.runs import ACTIVE_STATUSES, FAILED, QUEUED, RUNNING, STOPPED, Run
@@ -78,6 +80,12 @@ def visible_gpus() -> list[str]:
     return [str(index) for index in range(len(tf.config.list_physical_devices("GPU")))]
 
 
+def default_backbone() -> tuple[str, int]:
+    """(backbone name, image size) of the default model and data: what a new dashboard's
+    first warm worker builds ahead (`JobManager(prebuild=...)`)."""
+    return ModelConfig().backbone, DataConfig().image_size
+
+
 def backbone_to_prebuild(run: Run) -> tuple[str, int] | None:
     """(backbone name, image size) of `run`'s model when it loads ImageNet weights, else
     None: what the next warm worker builds ahead (`Worker(prebuild=...)`), since a next
@@ -95,11 +103,12 @@ class JobManager:
 
     `gpus` (default: `visible_gpus()` when `workers` > 1, else none) are the GPU ids the
     job slots are pinned to, slot i to GPU i mod count; with none, workers see what the
-    server sees.
+    server sees. `prebuild`, (backbone name, image size) or None, is what the warm worker
+    builds ahead with ImageNet weights until a job has ended (then: that job's backbone).
     """
 
     def __init__(self, workers: int | None = None, preload: tuple[str, ...] = PRELOAD,
-                 gpus: list[str] | None = None):
+                 gpus: list[str] | None = None, prebuild: tuple[str, int] | None = None):
         self.workers = workers or settings.workers()
         self._gpus = list(gpus) if gpus is not None else (visible_gpus() if self.workers > 1 else [])
         self._preload = tuple(preload)
@@ -108,7 +117,7 @@ class JobManager:
         self._jobs: dict[str, Job] = {}
         self._running: dict[str, Job] = {}
         self._warm: Worker | None = None
-        self._prebuild: tuple[str, int] | None = None  # the backbone of the last job to end, for the next worker
+        self._prebuild = prebuild  # the backbone of the last job to end, for the next worker
         self._closed = False
         with self._cond:
             self._keep_warm()
