@@ -278,6 +278,8 @@ def dashboard(data_dir: Path = DATA) -> dict:
     them; then a head run with the defaults and one that changes only the learning rate,
     through `through_the_dashboard`. The head runs store the activations at the default cut,
     as the Train head page's do."""
+    import tensorflow  # noqa: F401  (imported before the timing: the server has it imported)
+
     from core.config import DataConfig, RunConfig
     from core.data import datasets
 
