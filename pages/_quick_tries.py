@@ -191,7 +191,8 @@ def _stopped_sweep_ui(rows: list[dict]) -> None:
     trial so far's settings on the head form (and the Model page's dropout and hidden units)."""
     best = sweep.best_row(rows)
     st.warning(f"The sweep was stopped after {len(rows)} trial(s), so no run was trained from them. "
-               f"The best so far is trial {best['trial']} (validation accuracy {best['val_accuracy']:.3f}).",
+               f"The best so far is trial {best['trial']} (validation accuracy {best['val_accuracy']:.3f}; "
+               "a tie goes to the lower validation loss).",
                icon=":material/stop_circle:")
     if st.button(f"Put trial {best['trial']}'s settings on the form", key="sweep_use_best", icon=":material/check:"):
         chosen = sweep.apply(session_run_config(), best)

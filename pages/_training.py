@@ -181,7 +181,10 @@ def progress_ui(record: ProgressRecord) -> None:
         st.progress(min(done / epochs, 1.0),
                     text=f"{PHASE_NAMES.get(record.phase, record.phase or '')}: {done} of {epochs} epochs done")
     batches = record.batches or 0
-    if batches and (stage in BATCH_STAGES or stage.startswith("extracting features")):
+    if stage == "sweep" and batches:
+        st.progress(min((record.batch or 0) / batches, 1.0),
+                    text=f"Try several: {record.batch or 0} of {batches} trials done · ETA {record.eta_seconds or 0:.0f} s")
+    elif batches and (stage in BATCH_STAGES or stage.startswith("extracting features")):
         batch = record.batch or 0
         rate = (f"{record.images_per_second or 0:.0f} images/s · ETA {record.eta_seconds or 0.0:.0f} s" if batch
                 else "measuring speed...")  # no rate or ETA before the first batch has ended

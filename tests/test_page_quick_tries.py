@@ -5,6 +5,7 @@ Train head and Fine-tune, and the caches' size and Clear button on Runs.
 Real jobs on the built-in demo shapes at 128 px with the real MobileNet alpha 0.25
 weights; a fresh cache directory for this module, so "not cached" is true at first.
 """
+import re
 import time
 from pathlib import Path
 
@@ -100,6 +101,8 @@ def test_a_stopped_sweep_says_so_and_puts_its_best_trial_on_the_form():
         assert time.monotonic() < deadline, "the sweep wrote no two trials in time"
         time.sleep(0.1)
     at.run()
+    bars = [element.proto.text for element in at.get("progress")]
+    assert any(re.fullmatch(r"Try several: \d+ of 200 trials done · ETA \d+ s", text) for text in bars), bars
     by_label(at.button, "Stop the sweep").click().run()
     finish(at)
 
@@ -107,7 +110,8 @@ def test_a_stopped_sweep_says_so_and_puts_its_best_trial_on_the_form():
     assert sweep_run.status()["status"] == runs.STOPPED
     assert 2 <= len(record["trials"]) < 200 and "best_run" not in record
     best = sweep.best_row(record["trials"])
-    assert any(f"stopped after {len(record['trials'])} trial(s)" in element.value for element in at.warning)
+    assert any(f"stopped after {len(record['trials'])} trial(s)" in element.value and "a tie goes to" in element.value
+               for element in at.warning)
     assert not any("trained as run" in element.value for element in at.success)
 
     by_label(at.button, f"Put trial {best['trial']}'s settings on the form").click().run()

@@ -113,8 +113,9 @@ def search(views: list[list[np.ndarray]], labels: np.ndarray, val: list[np.ndarr
            num_classes: int, trials: int, batch_size: int = 32, seed: int = 0, progress=None,
            on_trial: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """Run `trials` Optuna trials (TPE, seeded) over `SPACE` and return one row per trial:
-    its number, settings and scores; `on_trial(rows)` is called after each. Stops early
-    when the progress asks to stop."""
+    its number, settings and scores; `on_trial(rows)` is called after each. Reports stage
+    "sweep" with batch / batches = trials done / `trials` and eta_seconds (the mean trial's
+    time so far, times the trials left). Stops early when the progress asks to stop."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
     rows: list[dict] = []
@@ -124,7 +125,9 @@ def search(views: list[list[np.ndarray]], labels: np.ndarray, val: list[np.ndarr
         scores = train_trial(params, views, labels, val, val_labels, num_classes, batch_size, seed, progress)
         rows.append({"trial": trial.number + 1, **params, **scores})
         if progress is not None:
-            progress.update(stage="sweep", batch=len(rows), batches=trials, trials=rows)
+            mean = sum(row["seconds"] for row in rows) / len(rows)
+            progress.update(stage="sweep", batch=len(rows), batches=trials, trials=rows,
+                            eta_seconds=mean * (trials - len(rows)))
         if on_trial is not None:
             on_trial(rows)
         if progress is not None and progress.stop_requested:
