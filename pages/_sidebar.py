@@ -9,6 +9,11 @@ from pages._common import followed_run, job_manager, open_run, state
 from pages._run_picker import run_status
 
 
+#: The session keys of the runs a session starts besides its training runs, and what they are.
+TOOL_KEYS = {"lr_find_run_head": "learning-rate finder", "lr_find_run_fine_tune": "learning-rate finder",
+             "sweep_run_id": "sweep (Try several)"}
+
+
 def render(container) -> None:
     data, model, augment = state("data_config"), state("model_config"), state("augment_config")
     with container:
@@ -57,8 +62,13 @@ def job_status() -> str:
     if status in runs.ACTIVE_STATUSES:
         return f"Run `{run.id}` is {status}." + queue
     # A job whose run has ended may still be running for a moment (its process exiting): not counted.
-    training = sum(1 for job in manager.running()
-                   if job.run_id != (run.id if run else None) and run_status(job.run) in runs.ACTIVE_STATUSES)
+    active = [job for job in manager.running()
+              if job.run_id != (run.id if run else None) and run_status(job.run) in runs.ACTIVE_STATUSES]
+    tools = {st.session_state.get(key): name for key, name in TOOL_KEYS.items()}
+    own = [tools[job.run_id] for job in active if job.run_id in tools]
+    if own:
+        return f"Your {own[0]} is running." + queue
+    training = len(active)
     if training:
         return f"None of your runs is training; this server is training {training} other run(s)." + queue
     return "Nothing is training on this server." + queue

@@ -101,6 +101,11 @@ def test_a_stopped_sweep_says_so_and_puts_its_best_trial_on_the_form():
         assert time.monotonic() < deadline, "the sweep wrote no two trials in time"
         time.sleep(0.1)
     at.run()
+    home = AppTest.from_file(APP, default_timeout=120)  # the session on its first page (AppTest loses the
+    home.session_state["sweep_run_id"] = sweep_run.id  # sidebar after a page switch)
+    home.session_state["data_config"] = SESSION["data_config"]
+    sidebar = [caption.value for caption in home.run().sidebar.caption]
+    assert "Your sweep (Try several) is running." in sidebar, sidebar
     bars = [element.proto.text for element in at.get("progress")]
     assert any(re.fullmatch(r"Try several: \d+ of 200 trials done · ETA \d+ s", text) for text in bars), bars
     by_label(at.button, "Stop the sweep").click().run()
