@@ -173,8 +173,8 @@ def _sweep_panel(run_id: str) -> None:
             return
         best_status = runs.Run(sweep_run.path.parent / best_run).status()["status"]
         if best_status != runs.FINISHED:
-            st.warning(f"{best}: its run `{best_run}` did not finish ({best_status}). "
-                       "Start head training with its settings, or Try several again.", icon=":material/stop_circle:")
+            st.warning(f"{best}: its run `{best_run}` did not finish ({best_status}).", icon=":material/stop_circle:")
+            _use_settings_button(record["best"])
             return
         st.success(f"{best} trained as run `{best_run}`.", icon=":material/emoji_events:")
         # A link, not a button that switches page: this panel reruns on a timer while the sweep
@@ -188,14 +188,19 @@ def _sweep_panel(run_id: str) -> None:
 
 def _stopped_sweep_ui(rows: list[dict]) -> None:
     """A sweep stopped before its best trial became a run: say so, and offer the best
-    trial so far's settings on the head form (and the Model page's dropout and hidden units)."""
+    trial so far's settings on the form."""
     best = sweep.best_row(rows)
     st.warning(f"The sweep was stopped after {len(rows)} trial(s), so no run was trained from them. "
                f"The best so far is trial {best['trial']} (validation accuracy {best['val_accuracy']:.3f}; "
                "a tie goes to the lower validation loss).",
                icon=":material/stop_circle:")
-    if st.button(f"Put trial {best['trial']}'s settings on the form", key="sweep_use_best", icon=":material/check:"):
-        chosen = sweep.apply(session_run_config(), best)
+    _use_settings_button(best)
+
+
+def _use_settings_button(row: dict) -> None:
+    """A button that puts a trial's settings on the head form (and the Model page's dropout and hidden units)."""
+    if st.button(f"Put trial {row['trial']}'s settings on the form", key="sweep_use_best", icon=":material/check:"):
+        chosen = sweep.apply(session_run_config(), row)
         st.session_state["head_config"], st.session_state["model_config"] = chosen.head, chosen.model
         st.rerun()
 
