@@ -165,6 +165,20 @@ def runs_dir():
 RUN_PARAM = "run"
 
 
+SWEEP_KEY = "sweep_run_id"  # the session's "Try several" run
+
+
+def lr_find_key(phase: str) -> str:
+    """The session key of the session's learning-rate finder run for `phase`."""
+    return f"lr_find_run_{phase}"
+
+
+#: The session keys of the runs the quick tries (pages/_quick_tries.py) start, and what a user
+#: calls them (the sidebar names them).
+TOOL_KEYS = {lr_find_key("head"): "learning-rate finder", lr_find_key("fine_tune"): "learning-rate finder",
+             SWEEP_KEY: "sweep (Try several)"}
+
+
 def open_run(run_id: str | None) -> runs.Run | None:
     """The run `run_id` in the runs folder, or None when there is no such run."""
     if not run_id:

@@ -21,9 +21,11 @@ from core.training import feature_cache, runs, sweep
 from pages._common import (
     POLL_SECONDS,
     RUN_PARAM,
+    SWEEP_KEY,
     current_data,
     job_manager,
     live_job,
+    lr_find_key,
     open_run,
     runs_dir,
     session_run_config,
@@ -32,6 +34,7 @@ from pages._common import (
     user_errors,
     with_fine_tune,
 )
+from pages._run_picker import run_status
 from pages._training import failure_ui, progress_ui
 
 CACHED = "Features cached: the frozen backbone will not run."
@@ -63,7 +66,7 @@ def lr_finder_ui(phase: str, head: TrainConfig | None = None, run: runs.Run | No
     fine-tuning `run` (with the form's `fine_tune` settings): a job, then loss
     against rate (log axis) with the suggestion marked and a button that puts the
     suggestion on the form."""
-    key = f"lr_find_run_{phase}"
+    key = lr_find_key(phase)
     with st.expander("Learning-rate finder", icon=":material/query_stats:",
                      expanded=st.session_state.get(key) is not None):
         st.caption("Trains a throwaway copy for a few hundred batches while the learning rate grows "
@@ -119,7 +122,7 @@ def sweep_ui(head: TrainConfig) -> None:
     """"Try several": an Optuna search over head settings on the cached features, with a
     live table and chart; its best trial is trained as a normal run to fine-tune."""
     with st.expander("Try several (hyperparameter sweep)", icon=":material/tune:",
-                     expanded=st.session_state.get("sweep_run_id") is not None):
+                     expanded=st.session_state.get(SWEEP_KEY) is not None):
         st.caption("Trains a fresh head per trial on the cached features with Optuna's TPE sampler, over learning "
                    "rate, dropout, hidden units, epochs, optimizer and class weights; the best trial (validation "
                    "accuracy) then becomes a normal run you can fine-tune.")
@@ -128,8 +131,8 @@ def sweep_ui(head: TrainConfig) -> None:
             with user_errors():
                 sweep_run = runs.Run.create(runs_dir(), session_run_config(head, name="sweep"))
                 job_manager().submit(sweep_run, functools.partial(workflow.sweep_job, trials=int(trials)))
-                st.session_state["sweep_run_id"] = sweep_run.id
-        run_id = st.session_state.get("sweep_run_id")
+                st.session_state[SWEEP_KEY] = sweep_run.id
+        run_id = st.session_state.get(SWEEP_KEY)
         if run_id:
             _sweep_panel(run_id)
 
@@ -145,7 +148,8 @@ def _sweep_panel(run_id: str) -> None:
             progress_ui(live.progress.snapshot())
             if st.button("Stop the sweep", key=f"sweep-stop-{run_id}", icon=":material/stop_circle:"):
                 job_manager().stop(run_id)
-        failure_ui(sweep_run.status(), "The sweep")
+        status = sweep_run.status()
+        failure_ui(status, "The sweep")
         record = sweep_run.read_json(workflow.SWEEP_FILE, default={})
         rows = record.get("trials", [])
         if not rows:
@@ -163,15 +167,15 @@ def _sweep_panel(run_id: str) -> None:
                                         help="The epoch with the best validation accuracy, of the trial's epochs")})
         best_run = record.get("best_run")
         if not best_run:
-            if live is None and sweep_run.status()["status"] == runs.STOPPED:
+            if live is None and status["status"] == runs.STOPPED:
                 _stopped_sweep_ui(rows)
             return
-        best = f"Best trial {record['best']['trial']} (validation accuracy {record['best']['val_accuracy']:.3f}; " \
-               "a tie goes to the lower validation loss)"
+        best = f"Best {_trial_text(record['best'])}"
         if live is not None:
             st.info(f"{best}: training it as run `{best_run}`...", icon=":material/hourglass_top:")
             return
-        best_status = runs.Run(sweep_run.path.parent / best_run).status()["status"]
+        trained = open_run(best_run)
+        best_status = run_status(trained) if trained is not None else "deleted"
         if best_status != runs.FINISHED:
             st.warning(f"{best}: its run `{best_run}` did not finish ({best_status}).", icon=":material/stop_circle:")
             _use_settings_button(record["best"])
@@ -191,10 +195,13 @@ def _stopped_sweep_ui(rows: list[dict]) -> None:
     trial so far's settings on the form."""
     best = sweep.best_row(rows)
     st.warning(f"The sweep was stopped after {len(rows)} trial(s), so no run was trained from them. "
-               f"The best so far is trial {best['trial']} (validation accuracy {best['val_accuracy']:.3f}; "
-               "a tie goes to the lower validation loss).",
-               icon=":material/stop_circle:")
+               f"The best so far is {_trial_text(best)}.", icon=":material/stop_circle:")
     _use_settings_button(best)
+
+
+def _trial_text(row: dict) -> str:
+    """'trial N (validation accuracy A; ...)', with how `sweep.best_row` breaks ties."""
+    return f"trial {row['trial']} (validation accuracy {row['val_accuracy']:.3f}; a tie goes to the lower validation loss)"
 
 
 def _use_settings_button(row: dict) -> None:

@@ -5,13 +5,8 @@ import streamlit as st
 
 from core.model.augmentation import to_spec
 from core.training import runs
-from pages._common import followed_run, job_manager, open_run, state
+from pages._common import TOOL_KEYS, followed_run, job_manager, open_run, state
 from pages._run_picker import run_status
-
-
-#: The session keys of the runs a session starts besides its training runs, and what they are.
-TOOL_KEYS = {"lr_find_run_head": "learning-rate finder", "lr_find_run_fine_tune": "learning-rate finder",
-             "sweep_run_id": "sweep (Try several)"}
 
 
 def render(container) -> None:
@@ -68,7 +63,6 @@ def job_status() -> str:
     own = [tools[job.run_id] for job in active if job.run_id in tools]
     if own:
         return f"Your {own[0]} is running." + queue
-    training = len(active)
-    if training:
-        return f"None of your runs is training; this server is training {training} other run(s)." + queue
+    if active:
+        return f"None of your runs is training; this server is training {len(active)} other run(s)." + queue
     return "Nothing is training on this server." + queue
