@@ -15,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 from core import settings, workflow
 from core.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
 from core.training import feature_cache, runs, sweep
+from core.training.jobs import default_backbone
 from pages._common import job_manager, size_text
 from pages._quick_tries import CACHED
 
@@ -126,6 +127,12 @@ def test_a_stopped_sweep_says_so_and_puts_its_best_trial_on_the_form():
     assert (head.epochs, head.optimizer, head.class_weights, model.hidden_units) == (
         best["epochs"], best["optimizer"], best["class_weights"], best["hidden_units"])
     assert by_label(at.number_input, "Epochs").value == best["epochs"]
+
+
+def test_a_new_servers_warm_worker_prebuilds_the_default_backbone():
+    new_job_manager()  # as on a server that has run nothing yet
+    worker = job_manager().warm_worker()
+    assert worker is not None and worker.prebuild == default_backbone() == ("MobileNetV2", 160)
 
 
 def test_the_learning_rate_finder_sets_the_head_form():
