@@ -5,7 +5,10 @@ Each variant extracts one augmented view of the same training images; the runs a
 interleaved (A B C A B C ...) and the median is printed beside ours (the baseline)
 with the ratio, so a busy machine slows all of them alike:
 
-- ours: `core.training.fast_path.extract` (a traced `tf.function`, batches of 32);
+- ours: `core.training.fast_path.extract` (the frozen part traced once with its weights
+  folded into the graph as constants, the augmentation before it; batches of 32);
+- variables: the same traced `tf.function` reading the weights from their variables
+  (what the extraction did before the weights were folded);
 - xla: the backbone compiled with XLA (`jit_compile=True`; XLA cannot compile the
   augmentation's RandomRotation on CPU, so that stays a plain `tf.function`);
 - batch 64: ours with batches of 64;
@@ -70,6 +73,8 @@ def main() -> None:
     def xla(batch):
         return backbone(augment(batch))
 
+    variables = tf.function(lambda batch: part.extract(augmentation(batch, training=True)), input_signature=spec)
+
     def run_batches(fn, source, batch):
         for start in range(0, len(source), batch):
             [t.numpy() for t in fn(tf.cast(source[start:start + batch], tf.float32))]
@@ -99,6 +104,7 @@ def main() -> None:
 
     variants = {
         "ours": lambda: fast_path.extract(part, pixels, True),
+        "variables": lambda: run_batches(variables, pixels, 32),
         "xla": lambda: run_batches(xla, pixels, 32),
         "batch 64": lambda: run_batches(ours, pixels, 64),
         "decode + extract": decode_then_extract,
@@ -106,6 +112,7 @@ def main() -> None:
     }
     run_batches(ours, pixels[:64], 32)  # trace, and compile with XLA, outside the timing
     run_batches(xla, pixels[:64], 32)
+    run_batches(variables, pixels[:64], 32)
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name, fn in variants.items():

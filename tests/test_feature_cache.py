@@ -238,7 +238,7 @@ def test_decoding_in_chunks_writes_chunk_by_chunk_the_same_bits_as_one_chunk(tmp
                         or real_write(out, start, rows))
     with ArrayStore(tmp_path / "store").writer("k") as writer:
         chunked = images_module.decode_images(paths, 32, writer.array("0", (31, 32, 32, 3), "uint8"), chunk=8)
-    assert writes == [(0, 8), (8, 8), (16, 8), (24, 7)]  # never more than a chunk in memory
+    assert writes == [(0, 8), (8, 8), (16, 8), (24, 7)]  # never more than two chunks in memory
     whole = images_module.decode_images(paths, 32, np.zeros((31, 32, 32, 3), "uint8"), chunk=1000)
     stored = ArrayStore(tmp_path / "store").get("k").arrays["0"]
     assert isinstance(stored, np.memmap)
@@ -325,6 +325,23 @@ def test_decoding_into_the_cache_never_holds_the_dataset_in_memory(tmp_path, mon
     small, large = peak_bytes(60), peak_bytes(240)
     more_data = (240 - 60) * 64 * 64 * 3  # 2.2 MB more pixels
     assert large - small < more_data / 4, f"peak {small} -> {large} bytes for {more_data} more bytes of images"
+
+
+def test_gathering_rows_between_cache_files_copies_each_run_of_rows_once_with_the_same_bits(tmp_path, monkeypatch):
+    calls = []
+    real_copy = os.copy_file_range
+    monkeypatch.setattr(os, "copy_file_range", lambda *args: calls.append(args[2]) or real_copy(*args))
+    values = np.random.default_rng(0).integers(0, 256, (40, 5, 5, 3), dtype="uint8")
+    rows = np.array([3, 4, 5, 6, 10, 11, 0, 39, 38, 20])  # runs: 3-6, 10-11, 0, 39, 38, 20
+    with ArrayStore(tmp_path / "store").writer("k") as writer:
+        source = writer.copy("source", values)
+        gathered = array_store.take_rows(source, rows, writer.array("out", (len(rows), 5, 5, 3), "uint8"))
+    np.testing.assert_array_equal(ArrayStore(tmp_path / "store").get("k").arrays["out"], values[rows])
+    assert calls == [4 * 75, 2 * 75, 75, 75, 75, 75] and isinstance(gathered, np.memmap)
+    # Anything that is not a whole-file map (here: arrays in memory) is copied block by block.
+    in_memory = array_store.take_rows(values, rows, np.zeros((len(rows), 5, 5, 3), "uint8"), size=3)
+    np.testing.assert_array_equal(in_memory, values[rows])
+    assert len(calls) == 6
 
 
 # ---- "features cached" before Start ------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import textwrap
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from core.config import AugmentConfig, DataConfig, ModelConfig, TrainConfig
 from core.data import datasets
@@ -84,6 +85,20 @@ def test_fine_tuning_reads_the_activations_head_training_stored(data, tmp_path):
     fresh = fast_path.extract(fast_path.frozen_part(model, 100), data.splits["validation"][0], augment=False)
     for a, b in zip(stored, fresh):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_frozen_part_runs_with_its_weights_folded_into_its_graph(data):
+    model = new_model(data)
+    part = fast_path.frozen_part(model, model.freeze(None))
+    frozen = part.function(False, (SIZE, SIZE, 3))
+    graph = frozen.graph.as_graph_def()
+    ops = {node.op for node in graph.node} | {node.op for f in graph.library.function for node in f.node_def}
+    assert not frozen.captured_inputs and not ops & {"ReadVariableOp", "VarHandleOp", "ResourceGather"}
+    images = data.splits["validation"][0]
+    features = frozen(tf.cast(images, tf.float32))[0].numpy()
+    np.testing.assert_allclose(features, model.feature_extractor()(images.astype("float32"), training=False).numpy(),
+                               atol=1e-3)
+    assert part.function(False, (SIZE, SIZE, 3)) is frozen  # traced and folded once per part
 
 
 def test_views_are_random_augmentations_and_validation_is_clean(data):

@@ -254,10 +254,16 @@ def row_blocks(array: np.ndarray, size: int | None = None) -> Iterator[tuple[int
 
 
 def take_rows(source: np.ndarray, rows: np.ndarray, out: np.ndarray, size: int | None = None) -> np.ndarray:
-    """Fill `out` with `source[rows]` (rows: int indices, in any order), `size` rows at a
-    time (default `BLOCK_ROWS`), reading each block's span of `source` with `read_rows`.
-    Returns `out`."""
+    """Fill `out` with `source[rows]` (rows: int indices, in any order) and return `out`.
+
+    Between two whole-file memory maps (writable `out`) each run of consecutive rows
+    is one `os.copy_file_range`: the kernel copies the bytes from file to file, none
+    pass through this process. Otherwise `size` rows at a time (default
+    `BLOCK_ROWS`), reading each block's span of `source` with `read_rows`.
+    """
     rows, size = np.asarray(rows, dtype=np.int64), size or BLOCK_ROWS
+    if _copy_file_ranges(source, rows, out):
+        return out
     for start in range(0, len(rows), size):
         chosen = rows[start:start + size]
         low, high = int(chosen.min()), int(chosen.max()) + 1
@@ -267,6 +273,34 @@ def take_rows(source: np.ndarray, rows: np.ndarray, out: np.ndarray, size: int |
             block = np.stack([read_rows(source, int(i), int(i) + 1)[0] for i in chosen])
         write_rows(out, start, block)
     return out
+
+
+def _copy_file_ranges(source: np.ndarray, rows: np.ndarray, out: np.ndarray) -> bool:
+    """`take_rows` by `os.copy_file_range`, one call per run of consecutive rows; False
+    where the arrays are not both whole-file maps of one row layout, or the system or
+    file system has no such call (then the caller copies every row itself)."""
+    if not (hasattr(os, "copy_file_range") and _whole_file_map(source) and _whole_file_map(out)
+            and out.mode in ("r+", "w+") and source.dtype == out.dtype and source.shape[1:] == out.shape[1:]
+            and len(rows) == len(out) and (not len(rows) or (0 <= rows.min() and rows.max() < len(source)))):
+        return False
+    if not len(rows):
+        return True
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    row_bytes = _row_bytes(source)
+    try:
+        with open(source.filename, "rb") as reader, open(out.filename, "r+b") as writer:
+            for first, last in zip(np.r_[0, breaks], np.r_[breaks, len(rows)]):
+                offset_in = source.offset + int(rows[first]) * row_bytes
+                offset_out = out.offset + int(first) * row_bytes
+                remaining = int(last - first) * row_bytes
+                while remaining:
+                    copied = os.copy_file_range(reader.fileno(), writer.fileno(), remaining, offset_in, offset_out)
+                    if not copied:
+                        return False
+                    offset_in, offset_out, remaining = offset_in + copied, offset_out + copied, remaining - copied
+    except OSError:  # e.g. a file system without it: the caller copies every row itself
+        return False
+    return True
 
 
 def _folder_bytes(folder: Path) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -171,9 +172,10 @@ def decode_images(
     (default `DECODE_CHUNK`).
 
     Each chunk is decoded in parallel into a buffer of its own and written to rows
-    `i:i + chunk` of `out` with `core.data.array_store.write_rows`, so a memory map
-    of any size is filled with `chunk` images in memory at a time; the bytes written
-    do not depend on `chunk`. Row i holds file i; the rows of skipped files are left
+    `i:i + chunk` of `out` with `core.data.array_store.write_rows` while the next
+    chunk decodes, so a memory map of any size is filled with at most two chunks in
+    memory at a time; the bytes written do not depend on `chunk`. Row i holds file
+    i; the rows of skipped files are left
     unwritten. Never raises for a bad file (see `load_images`).
 
     Returns a `LoadedImages` whose `images` is `out` (all rows, not only the kept).
@@ -190,16 +192,22 @@ def decode_images(
         except ImageError as error:
             reasons[index] = error.reason
 
+    def submit(pool: ThreadPoolExecutor, start: int) -> tuple[int, np.ndarray, list]:
+        stop = min(start + chunk, total)
+        buffer = np.zeros((stop - start, size, size, 3), dtype=np.uint8)
+        return start, buffer, [pool.submit(load_into, buffer, index - start, index) for index in range(start, stop)]
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for start in range(0, total, chunk):
-            stop = min(start + chunk, total)
-            buffer = np.zeros((stop - start, size, size, 3), dtype=np.uint8)
-            futures = [pool.submit(load_into, buffer, index - start, index) for index in range(start, stop)]
+        starts = iter(range(0, total, chunk))
+        pending = [submit(pool, start) for start in itertools.islice(starts, 2)]
+        while pending:  # two chunks in flight: the threads decode the next while this one is written
+            start, buffer, futures = pending.pop(0)
             for future in as_completed(futures):
                 future.result()
                 done += 1
                 if progress is not None:
                     progress(done, total)
+            pending += [submit(pool, next_start) for next_start in itertools.islice(starts, 1)]
             write_rows(out, start, buffer)
 
     kept = sorted(sizes)
