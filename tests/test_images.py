@@ -308,6 +308,25 @@ def test_load_images_keeps_order_and_reports_skipped(tmp_path):
     assert calls[-1] == (5, 5) and [done for done, _ in calls] == [1, 2, 3, 4, 5]
 
 
+def test_decoding_uses_one_thread_per_core_the_process_may_run_on(tmp_path, monkeypatch):
+    import os
+    import threading
+
+    from core.data import images as images_module
+
+    paths = [save(Image.new("RGB", (40, 40), RED), tmp_path / f"{i}.png") for i in range(24)]
+    threads = set()
+    real_load = images_module._load
+
+    def load(*args):
+        threads.add(threading.get_ident())
+        return real_load(*args)
+
+    monkeypatch.setattr(images_module, "_load", load)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)  # a worker pinned to one core
+    assert len(load_images(paths, size=8).kept) == 24 and len(threads) == 1
+
+
 def test_load_images_of_nothing_is_empty():
     result = load_images([], size=8)
 
