@@ -9,7 +9,8 @@ layer N. Data augmentation is kept: the cache holds several random augmented
 views of every image (`TrainConfig.views`) and each epoch trains on a different
 view. The trainable part is built from the very same layer objects as the full
 model (`Classifier.split`), so training it trains the full model: its head (and
-unfrozen top) are in place for fine-tuning and export with no copying.
+unfrozen top) are in place for fine-tuning and export with no copying. The frozen
+part runs as a graph with its weights folded in as constants (`FrozenPart.function`).
 
 Follows the Keras guide "Transfer learning & fine-tuning" (feature extraction:
 run the base once, train a small model on its outputs) and Deep Learning with
