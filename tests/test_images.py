@@ -6,7 +6,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from core.data.images import (
     ImageError,
@@ -181,6 +181,32 @@ def test_exif_orientation_is_applied(tmp_path):
     assert pixels[5, 10, 0] > 200 and pixels[5, 10, 2] < 60  # stored left (red) is now on top
     assert pixels[35, 10, 2] > 200 and pixels[35, 10, 0] < 60
     assert result.sizes == [(20, 40)]
+
+
+def pillow_only(data: bytes, size: int | None) -> np.ndarray:
+    """What Pillow alone decodes: draft scale, EXIF orientation, RGB, antialiased resize."""
+    with Image.open(io.BytesIO(data)) as image:
+        if size:
+            image.draft("RGB", (size, size))
+        image = ImageOps.exif_transpose(image).convert("RGB")
+        return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR) if size else image)
+
+
+@pytest.mark.parametrize("width, height, size", [(300, 280, 160), (700, 500, 160), (1600, 1200, 64),
+                                                 (2000, 1000, 96), (90, 70, None)])
+@pytest.mark.parametrize("mode, params", [("RGB", {}), ("RGB", {"progressive": True, "subsampling": 0}),
+                                          ("L", {}), ("RGB", {"orientation": 6}), ("L", {"orientation": 3})])
+def test_a_jpeg_decoded_once_by_tensorflow_has_pillows_pixels_bit_for_bit(width, height, size, mode, params):
+    params = dict(params)
+    exif = Image.Exif()
+    if "orientation" in params:
+        exif[0x0112] = params.pop("orientation")
+    rng = np.random.default_rng(width + height)
+    pixels = np.repeat(np.repeat(rng.integers(0, 255, (height // 10 + 1, width // 10 + 1, 3), np.uint8), 10, 0), 10, 1)
+    photo = Image.fromarray(pixels[:height, :width]).convert(mode)
+    data = encode(photo, "JPEG", quality=90, exif=exif, **params)
+
+    np.testing.assert_array_equal(load_image(data, size=size), pillow_only(data, size))
 
 
 def test_resize_squashes_to_square_without_cropping():

@@ -5,10 +5,13 @@ untrusted: the pixel count is checked from the header before decoding, the
 whole file is decoded so truncation is caught, and every failure becomes an
 `ImageError` with a short reason instead of a traceback.
 
-Decoding is strict: Pillow's warnings are errors, and a JPEG must also pass
+Decoding is strict: Pillow's warnings are errors, and a JPEG must pass
 TensorFlow's decoder (`tf.io.decode_jpeg`, which refuses the corrupt entropy-coded
-data that Pillow decodes silently into a grey smear), at 1/8 scale so the check
-costs little.
+data that Pillow decodes silently into a grey smear). An RGB or greyscale JPEG is
+decoded by that decoder alone, with Pillow's settings (the same DCT scaling as
+Pillow's draft mode, its accurate integer DCT), so its pixels are Pillow's bit for
+bit and the file is entropy-decoded once; other JPEGs (CMYK) are decoded by Pillow
+and checked by TensorFlow at 1/8 scale.
 """
 
 from __future__ import annotations
@@ -238,9 +241,12 @@ def _load(
         content = stream.read()
     try:
         with Image.open(io.BytesIO(content), formats=_PIL_FORMATS) as image:
-            pixels, shown = _decode(image, size, max_pixels, name)
-            if image.format == "JPEG":
-                _check_jpeg(content, name)
+            if image.format == "JPEG" and image.mode in ("RGB", "L"):
+                pixels, shown = _decode_jpeg(image, content, size, max_pixels, name)
+            else:
+                pixels, shown = _decode(image, size, max_pixels, name)
+                if image.format == "JPEG":
+                    _check_jpeg(content, name)
             return pixels, shown, hashlib.sha1(content).hexdigest()
     except ImageError:
         raise
@@ -252,6 +258,48 @@ def _load(
         raise ImageError(f"corrupt image data ({warning})", _CORRUPT_HINT, name) from None
     except Exception as error:  # decoders of untrusted data raise many exception types
         raise ImageError("truncated or corrupt image data", _CORRUPT_HINT, name) from error
+
+
+def _decode_jpeg(
+    image: Image.Image, content: bytes, size: int | None, max_pixels: int, name: str
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """An RGB or greyscale JPEG (`image`: opened, not loaded) decoded by TensorFlow's
+    decoder, which also refuses corrupt data, into the pixels `_decode` gives: Pillow
+    chooses the DCT scale (`draft`) and TensorFlow decodes at it with the accurate
+    integer DCT, as Pillow does; Pillow then applies the EXIF orientation and resizes.
+    A file TensorFlow refuses is decoded by Pillow, so the reason given is Pillow's
+    where Pillow sees the fault (a truncated file) and TensorFlow's otherwise.
+    """
+    import tensorflow as tf
+
+    width, height = image.size
+    _check_pixels(width, height, max_pixels, name)
+    if size:
+        image.draft("RGB", (size, size))  # only picks the 1/2, 1/4 or 1/8 scale to decode at
+    try:
+        pixels = tf.io.decode_jpeg(content, channels=3, ratio=max(1, round(width / image.size[0])),
+                                   dct_method="INTEGER_ACCURATE").numpy()
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
+        with Image.open(io.BytesIO(content), formats=_PIL_FORMATS) as fresh:
+            _decode(fresh, size, max_pixels, name)
+        raise ImageError("corrupt JPEG data (TensorFlow's decoder rejects it)", _CORRUPT_HINT, name) from None
+    rgb = Image.fromarray(pixels)
+    rgb.info.update(image.info)  # the EXIF (and XMP) orientation, for exif_transpose
+    if rgb.getexif().get(ExifTags.Base.Orientation) in _ROTATED_ORIENTATIONS:
+        width, height = height, width
+    ImageOps.exif_transpose(rgb, in_place=True)
+    if size and rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)  # antialiased when shrinking
+    return np.asarray(rgb, dtype=np.uint8), (width, height)
+
+
+def _check_pixels(width: int, height: int, max_pixels: int, name: str) -> None:
+    if width * height > max_pixels:
+        raise ImageError(
+            f"image too large: {width}×{height} pixels exceeds the limit of {max_pixels:,}",
+            "Downscale the image or remove it from the data.",
+            name,
+        )
 
 
 def _check_jpeg(content: bytes, name: str) -> None:
@@ -297,12 +345,7 @@ def _decode(
     image: Image.Image, size: int | None, max_pixels: int, name: str
 ) -> tuple[np.ndarray, tuple[int, int]]:
     width, height = image.size
-    if width * height > max_pixels:
-        raise ImageError(
-            f"image too large: {width}×{height} pixels exceeds the limit of {max_pixels:,}",
-            "Downscale the image or remove it from the data.",
-            name,
-        )
+    _check_pixels(width, height, max_pixels, name)
     if size and image.format == "JPEG":
         image.draft("RGB", (size, size))  # decode at 1/2, 1/4 or 1/8 scale: much faster
     image.load()
