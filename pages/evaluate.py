@@ -133,11 +133,13 @@ def gallery(images: np.ndarray, labels: np.ndarray, report: dict, classes: list[
     st.caption("✅ right, ❌ wrong (with the true class). The percentage is the model's confidence.")
     image_grid(show(images[shown]), [caption(classes, labels[i], probs[i]) for i in shown], columns=4)
 
-    st.markdown("#### Most confident mistakes")
+    st.markdown("#### Top losses")
     worst = evaluation.top_losses(labels, probs, MISTAKES_SHOWN)
     if not worst:
         st.success("No mistakes on the test split.", icon=":material/check_circle:")
         return
+    st.caption("The mistakes with the highest loss first: those where the model gave the true class the "
+               "least probability. The percentage is the predicted class's probability.")
     losses = evaluation.sample_losses(labels[worst], probs[worst])
     image_grid(show(images[worst]), [f"{caption(classes, labels[i], probs[i])} · loss {loss:.2f}"
                                for i, loss in zip(worst, losses)], columns=4)

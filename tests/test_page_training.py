@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core import config as config_io
 from core import settings, workflow
 from core.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
 from core.model.build import count_params
@@ -253,6 +254,18 @@ def test_fine_tuning_continues_the_head_run(trained_head, runs_dir):
     tuned = run.read_json("metrics.json")["fine_tune"]
     assert metric(at, "Validation accuracy after fine-tuning") == f"{tuned['val_accuracy']:.3f}"
     assert metric(at, "Test accuracy after fine-tuning") == f"{tuned['test_accuracy']:.3f}"
+
+
+def test_fine_tuning_starts_at_a_tenth_of_the_heads_rate_whatever_it_was(trained_head, runs_dir):
+    head_run = trained_head[1]
+    run = runs.Run(shutil.copytree(head_run.path, runs_dir / head_run.id))
+    slow_head = dataclasses.replace(run.config.head, learning_rate=1e-4)  # the TF tutorial's preset
+    (run.path / runs.CONFIG_FILE).write_text(config_io.dumps(dataclasses.replace(run.config, head=slow_head)))
+    at = open_page("pages/fine_tune.py", head_run_id=run.id)
+    assert by_label(at.radio, "Learning rate preset").value == "Adam 1e-5 (Keras guide)"  # also 1/10 of the head's
+    tune = at.session_state["fine_tune_config"]
+    assert (tune.optimizer, tune.learning_rate) == ("adam", pytest.approx(1e-5))
+    assert not [w.value for w in at.warning if "close to the head's" in w.value]  # no warning against its own default
 
 
 def test_a_diverging_learning_rate_fails_the_run_with_an_error_box(runs_dir):

@@ -130,10 +130,10 @@ def cross_entropy(y_true, probs: np.ndarray) -> float:
 
 
 def top_losses(y_true, probs: np.ndarray, k: int) -> list[int]:
-    """Indices of at most `k` wrong predictions, the most confident mistakes first.
+    """Indices of at most `k` wrong predictions, the highest loss first (fastai's top losses).
 
     Only misclassified samples are considered; they are ordered by their loss,
-    highest first (ties keep the original order).
+    -log(probability of the true class), highest first (ties keep the original order).
     """
     y_true = class_indices(y_true)
     probs = np.asarray(probs)
@@ -190,7 +190,7 @@ class Interpretation:
         return confusion_matrix(self.labels, self.predicted, len(self.class_names))
 
     def top_losses(self, k: int) -> list[int]:
-        """Indices of at most `k` mistakes, the most confident first (see `top_losses`)."""
+        """Indices of at most `k` mistakes, the highest loss first (see `top_losses`)."""
         return top_losses(self.labels, self.probs, k)
 
     def report(self) -> dict:
