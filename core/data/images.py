@@ -178,8 +178,8 @@ def decode_images(
     `i:i + chunk` of `out` with `core.data.array_store.write_rows` while the next
     chunk decodes, so a memory map of any size is filled with at most two chunks in
     memory at a time; the bytes written do not depend on `chunk`. Row i holds file
-    i; the rows of skipped files are left
-    unwritten. Never raises for a bad file (see `load_images`).
+    i; the rows of skipped files are left unwritten. Never raises for a bad file (see
+    `load_images`).
 
     Returns a `LoadedImages` whose `images` is `out` (all rows, not only the kept).
     """
