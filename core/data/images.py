@@ -283,14 +283,9 @@ def _decode_jpeg(
         with Image.open(io.BytesIO(content), formats=_PIL_FORMATS) as fresh:
             _decode(fresh, size, max_pixels, name)
         raise ImageError("corrupt JPEG data (TensorFlow's decoder rejects it)", _CORRUPT_HINT, name) from None
-    rgb = Image.fromarray(pixels)
-    rgb.info.update(image.info)  # the EXIF (and XMP) orientation, for exif_transpose
-    if rgb.getexif().get(ExifTags.Base.Orientation) in _ROTATED_ORIENTATIONS:
-        width, height = height, width
-    ImageOps.exif_transpose(rgb, in_place=True)
-    if size and rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)  # antialiased when shrinking
-    return np.asarray(rgb, dtype=np.uint8), (width, height)
+    decoded = Image.fromarray(pixels)
+    decoded.info.update(image.info)  # the EXIF (and XMP) orientation, for exif_transpose
+    return _orient_and_resize(decoded, width, height, size)
 
 
 def _check_pixels(width: int, height: int, max_pixels: int, name: str) -> None:
@@ -349,6 +344,14 @@ def _decode(
     if size and image.format == "JPEG":
         image.draft("RGB", (size, size))  # decode at 1/2, 1/4 or 1/8 scale: much faster
     image.load()
+    return _orient_and_resize(image, width, height, size)
+
+
+def _orient_and_resize(
+    image: Image.Image, width: int, height: int, size: int | None
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decoded `image` (stored `width` x `height`) turned upright per its EXIF orientation,
+    in RGB, resized to (size, size); returns its pixels and its displayed size."""
     if image.getexif().get(ExifTags.Base.Orientation) in _ROTATED_ORIENTATIONS:
         width, height = height, width
     ImageOps.exif_transpose(image, in_place=True)

@@ -65,8 +65,8 @@ class FrozenPart:
         that differ by float32 round-off. With `augment`, the augmentation (whose
         random state stays a variable) runs first and draws new values at every call.
         """
+        spec = tf.TensorSpec((None, *image_shape), tf.float32)
         if "frozen" not in self.traced:
-            spec = tf.TensorSpec((None, *image_shape), tf.float32)
             self.traced["frozen"] = convert_variables_to_constants_v2(
                 tf.function(self.extract).get_concrete_function(spec))
         frozen = self.traced["frozen"]
@@ -75,7 +75,7 @@ class FrozenPart:
         if "augmented" not in self.traced:
             augmentation = self.augmentation
 
-            @tf.function(input_signature=[tf.TensorSpec((None, *image_shape), tf.float32)])
+            @tf.function(input_signature=[spec])
             def run(batch):
                 return frozen(augmentation(batch, training=True))
 
