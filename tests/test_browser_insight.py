@@ -49,10 +49,12 @@ def test_heatmaps_and_a_confusion_cell_drilldown_open_without_an_error(browser_p
     points = matrix.locator(".scatterlayer .points path")
     expect(points).to_have_count(9)
     points.last.click(force=True)  # the cell (red, red): the matrix's last row and column
+    cell = page.get_by_test_id("stSelectbox").filter(has=page.get_by_text("Cell (click one on the matrix, or pick it here)"))
+    # Wait for the click's rerun to show the cell (it may not have started yet), then for the rerun to end.
+    expect(cell.get_by_role("combobox")).to_have_value(re.compile(r"^true red → predicted red \(\d+\)$"),
+                                                       timeout=120_000)
     wait_until_idle(page, timeout_s=120)
     assert_no_errors(page)
-    cell = page.get_by_test_id("stSelectbox").filter(has=page.get_by_text("Cell (click one on the matrix, or pick it here)"))
-    expect(cell.get_by_role("combobox")).to_have_value(re.compile(r"^true red → predicted red \(\d+\)$"))
     count = int(re.search(r"\((\d+)\)$", cell.get_by_role("combobox").input_value()).group(1))
     table = page.get_by_test_id("stDataFrame").filter(has=page.locator("text=test image")).last
     # The table redraws after the selectbox: wait for the cell's rows, not the previous cell's.
