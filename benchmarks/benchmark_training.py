@@ -184,18 +184,18 @@ def network_limits(data_dir: Path, views: int) -> dict:
     import keras
     import numpy as np
     import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     from core.config import AugmentConfig, DataConfig
     from core.data import datasets
     from core.model.augmentation import build_augmentation
+    from core.training.fast_path import trace_with_constant_weights
 
     data = datasets.load_cached(DataConfig(source="folder", name=str(data_dir), image_size=SIZE), Path("/"))
     base = keras.applications.MobileNetV2(input_shape=(SIZE, SIZE, 3), include_top=False, weights="imagenet")
     # Traced once with its weights folded into the graph, as the fast path runs it.
-    forward = convert_variables_to_constants_v2(tf.function(
-        lambda x: base(keras.applications.mobilenet_v2.preprocess_input(x), training=False)
-    ).get_concrete_function(tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32)))
+    forward = trace_with_constant_weights(
+        lambda x: base(keras.applications.mobilenet_v2.preprocess_input(x), training=False), base.variables,
+        tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32))
     augment = build_augmentation(AugmentConfig(), seed=0)
     train, val = data.splits["train"][0], data.splits["validation"][0]
     forward(tf.zeros((32, SIZE, SIZE, 3)))  # optimise the graph once, outside the timing

@@ -87,17 +87,28 @@ def test_fine_tuning_reads_the_activations_head_training_stored(data, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_the_frozen_part_runs_with_its_weights_folded_into_its_graph(data):
+@pytest.mark.parametrize("split", ["features", "features and activations at 100", "activations at 100"])
+def test_the_frozen_part_runs_with_its_weights_folded_into_its_graph(data, split):
     model = new_model(data)
-    part = fast_path.frozen_part(model, model.freeze(None))
+    images = data.splits["validation"][0]
+    pixels = images.astype("float32")
+    bottom = model.split_backbone(100)[0]
+    activations = keras.tree.flatten(bottom(model.preprocess(pixels), training=False))
+    features = model.feature_extractor()(pixels, training=False)
+    if split == "activations at 100":
+        part, expected = fast_path.frozen_part(model, model.freeze("100")), activations
+    else:
+        depth = model.freeze(None)
+        part = fast_path.frozen_part(model, depth, 100 if "activations" in split else None)
+        expected = [features, *activations] if "activations" in split else [features]
     frozen = part.function(False, (SIZE, SIZE, 3))
     graph = frozen.graph.as_graph_def()
     ops = {node.op for node in graph.node} | {node.op for f in graph.library.function for node in f.node_def}
     assert not frozen.captured_inputs and not ops & {"ReadVariableOp", "VarHandleOp", "ResourceGather"}
-    images = data.splits["validation"][0]
-    features = frozen(tf.cast(images, tf.float32))[0].numpy()
-    np.testing.assert_allclose(features, model.feature_extractor()(images.astype("float32"), training=False).numpy(),
-                               atol=1e-3)
+    outputs = frozen(tf.constant(pixels))
+    assert len(outputs) == len(expected)
+    for output, keras_output in zip(outputs, expected):
+        np.testing.assert_allclose(output.numpy(), keras_output.numpy(), atol=1e-3)
     assert part.function(False, (SIZE, SIZE, 3)) is frozen  # traced and folded once per part
 
 

@@ -10,7 +10,7 @@ views of every image (`TrainConfig.views`) and each epoch trains on a different
 view. The trainable part is built from the very same layer objects as the full
 model (`Classifier.split`), so training it trains the full model: its head (and
 unfrozen top) are in place for fine-tuning and export with no copying. The frozen
-part runs as a graph with its weights folded in as constants (`FrozenPart.function`).
+part runs as a graph with its weights as constants (`FrozenPart.function`).
 
 Follows the Keras guide "Transfer learning & fine-tuning" (feature extraction:
 run the base once, train a small model on its outputs) and Deep Learning with
@@ -28,7 +28,6 @@ from typing import Callable
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from core.data.array_store import ArrayStore, make_key, read_rows, write_rows
 from core.data.image_data import ImageData
@@ -47,28 +46,30 @@ class FrozenPart:
     extract: raw pixels float32 (N, S, S, 3) -> list of float32 tensors (see `Classifier.split`).
     trainable: a Keras model from those tensors to the logits.
     cut: the first trainable backbone layer (`depth` for head training).
+    weights: the variables `extract` reads (frozen: their values become graph constants).
     """
 
     extract: Callable
     trainable: keras.Model
     cut: int
+    weights: list
     augmentation: keras.Layer | None = None
     traced: dict = field(default_factory=dict)
 
     def function(self, augment: bool, image_shape) -> Callable:
         """`extract` as a graph function for any batch size, with its weights folded in.
 
-        `extract` is traced once and its variables become constants of the graph
-        (TensorFlow's `convert_variables_to_constants_v2`, as when freezing a graph for
-        serving), so Grappler folds each BatchNormalization into the convolution before
-        it: about 1.4x the images per second of the Keras model on a CPU, for outputs
-        that differ by float32 round-off. With `augment`, the augmentation (whose
-        random state stays a variable) runs first and draws new values at every call.
+        `extract` is traced once inside a `keras.StatelessScope` that maps each of
+        `weights` to a constant holding its value (Keras 3's stateless-call mechanism),
+        so the graph holds the weights as constants, as a graph frozen for serving does,
+        and Grappler folds each BatchNormalization into the convolution before it: about
+        1.4x the images per second of the Keras model on a CPU, for outputs that differ
+        by float32 round-off. With `augment`, the augmentation (whose random state stays
+        a variable) runs first and draws new values at every call.
         """
         spec = tf.TensorSpec((None, *image_shape), tf.float32)
         if "frozen" not in self.traced:
-            self.traced["frozen"] = convert_variables_to_constants_v2(
-                tf.function(self.extract).get_concrete_function(spec))
+            self.traced["frozen"] = trace_with_constant_weights(self.extract, self.weights, spec)
         frozen = self.traced["frozen"]
         if not augment or self.augmentation is None:
             return frozen
@@ -83,6 +84,21 @@ class FrozenPart:
         return self.traced["augmented"]
 
 
+def trace_with_constant_weights(extract: Callable, weights: list, spec: tf.TensorSpec) -> Callable:
+    """`extract` traced once for inputs of `spec`, as a concrete function whose graph
+    holds each of `weights` (Keras variables) as a constant with its current value;
+    the variables are not read when it runs (see `FrozenPart.function`)."""
+    values = [weight.numpy() for weight in weights]
+
+    @tf.function(input_signature=[spec])
+    def frozen(batch):
+        mapping = [(weight, tf.constant(value)) for weight, value in zip(weights, values)]
+        with keras.StatelessScope(state_mapping=mapping):
+            return extract(batch)
+
+    return frozen.get_concrete_function()
+
+
 def frozen_part(classifier: Classifier, cut: int, fine_tune_cut: int | None = None) -> FrozenPart:
     """`classifier` split at `cut` (from `Classifier.freeze`).
 
@@ -91,7 +107,10 @@ def frozen_part(classifier: Classifier, cut: int, fine_tune_cut: int | None = No
     `fine_tune_cut`, after the features, for a later fine-tuning from there.
     """
     extract, trainable = classifier.split(cut, fine_tune_cut)
-    return FrozenPart(extract=extract, trainable=trainable, cut=cut, augmentation=classifier.augmentation)
+    augmentation = classifier.augmentation
+    random_state = {id(v) for v in augmentation.variables} if augmentation is not None else set()
+    weights = [v for v in classifier.model.variables if id(v) not in random_state]
+    return FrozenPart(extract=extract, trainable=trainable, cut=cut, weights=weights, augmentation=augmentation)
 
 
 def extract(part: FrozenPart, images: np.ndarray, augment: bool, progress=None, label: str = "",
