@@ -76,7 +76,7 @@ class FrozenPart:
         if "augmented" not in self.traced:
             augmentation = self.augmentation
 
-            @tf.function(input_signature=[spec])
+            @tf.function(input_signature=[spec], autograph=False)  # Keras layers need no conversion
             def run(batch):
                 return frozen(augmentation(batch, training=True))
 
@@ -90,7 +90,7 @@ def trace_with_constant_weights(extract: Callable, weights: list, spec: tf.Tenso
     the variables are not read when it runs (see `FrozenPart.function`)."""
     values = [weight.numpy() for weight in weights]
 
-    @tf.function(input_signature=[spec])
+    @tf.function(input_signature=[spec], autograph=False)  # plain Python: nothing to convert
     def frozen(batch):
         mapping = [(weight, tf.constant(value)) for weight, value in zip(weights, values)]
         with keras.StatelessScope(state_mapping=mapping):
