@@ -215,10 +215,11 @@ def _run_config(args: argparse.Namespace):
     from pathlib import Path
 
     from core import config as config_io
-    from core.config import DEFAULT_FINE_TUNE, RunConfig
+    from core.config import RunConfig, default_fine_tune
     from core.model import augmentation
+    from core.model.backbones import get_backbone_spec
 
-    run_config = config_io.loads(Path(args.config).read_text()) if args.config else RunConfig(fine_tune=DEFAULT_FINE_TUNE)
+    run_config = config_io.loads(Path(args.config).read_text()) if args.config else RunConfig()
     data = run_config.data
     if args.data:
         data = dataclasses.replace(data, source="folder", name=str(Path(args.data).resolve()))
@@ -228,9 +229,11 @@ def _run_config(args: argparse.Namespace):
                     drop_duplicates=args.drop_duplicates or None)
     model = _replace(run_config.model, backbone=args.backbone, weights=args.weights)
     head = _replace(run_config.head, epochs=args.head_epochs, fast_path=False if args.no_fast_path else None)
-    fine_tune = run_config.fine_tune
+    # The Fine-tune page's defaults: the head's optimizer at a tenth of its rate, from the backbone's default cut.
+    defaults = dataclasses.replace(default_fine_tune(head), fine_tune_at=get_backbone_spec(model.backbone).fine_tune_at)
+    fine_tune = run_config.fine_tune if args.config else defaults  # without a config file, the run fine-tunes
     if args.fine_tune_epochs is not None or args.fine_tune_at is not None:
-        fine_tune = _replace(fine_tune or DEFAULT_FINE_TUNE, epochs=args.fine_tune_epochs, fine_tune_at=args.fine_tune_at)
+        fine_tune = _replace(fine_tune or defaults, epochs=args.fine_tune_epochs, fine_tune_at=args.fine_tune_at)
     if fine_tune is not None and args.no_fast_path:
         fine_tune = dataclasses.replace(fine_tune, fast_path=False)
     run_config = dataclasses.replace(
@@ -429,7 +432,8 @@ def _add_run_arguments(parser) -> None:
     parser.add_argument("--augment", help="e.g. flip=horizontal,rotation=0.1 (or none)")
     parser.add_argument("--head-epochs", type=int)
     parser.add_argument("--fine-tune-epochs", type=int, help="0 skips fine-tuning")
-    parser.add_argument("--fine-tune-at", help="all, a layer index or a layer name")
+    parser.add_argument("--fine-tune-at", help="all, a layer index or a layer name (default: the backbone's default "
+                                               "cut, 125 for MobileNetV2)")
     parser.add_argument("--no-fast-path", action="store_true", help="run the whole model every epoch")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--drop-duplicates", action="store_true",

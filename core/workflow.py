@@ -29,6 +29,7 @@ from core.data.datasets import ImageData
 from core.data.report import REPORT_FILE, data_report
 from core.errors import UserError
 from core.model.augmentation import build_augmentation
+from core.model.backbones import get_backbone_spec
 from core.model.build import build_model
 from core.model.classifier import Classifier
 from core.results import evaluation, export
@@ -253,11 +254,12 @@ def _fine_tune_cut(classifier: Classifier, config: RunConfig) -> int | None:
     """The backbone layer fine-tuning will start from, when its fast path can read
     activations stored during head training (a cut strictly inside the backbone).
 
-    A head-only run (the Train head page's) stores them at the Fine-tune page's
-    default cut (`DEFAULT_FINE_TUNE`), where the backbone has that layer, so a
-    fine-tuning with the defaults runs no frozen layer again.
+    A head-only run (the Train head page's) stores them at the backbone's default
+    cut (`Backbone.fine_tune_at`, where the Fine-tune page starts), so a fine-tuning
+    with the defaults runs no frozen layer again.
     """
-    tune = config.fine_tune or DEFAULT_FINE_TUNE
+    tune = config.fine_tune or dataclasses.replace(
+        DEFAULT_FINE_TUNE, fine_tune_at=get_backbone_spec(config.model.backbone).fine_tune_at)
     if not tune.fast_path or not config.head.fast_path:
         return None
     try:

@@ -10,6 +10,7 @@ import streamlit as st
 
 from core.config import DEFAULT_FINE_TUNE, TUTORIAL_CUT
 from core.errors import UserError
+from core.model.backbones import get_backbone_spec
 from pages._common import seed_widget
 
 UNFREEZE = {
@@ -18,17 +19,11 @@ UNFREEZE = {
     "index": "Unfreeze from layer index",
     "name": "Unfreeze from layer name",
 }
-#: The default cut points: layer 125 of MobileNetV2 (`DEFAULT_FINE_TUNE`; the TF tutorial's is
-#: `TUTORIAL_CUT`), the book's block5_conv1 of VGG16.
-REFERENCE_CUTS = {"MobileNetV2": DEFAULT_FINE_TUNE.fine_tune_at, "VGG16": "block5_conv1"}
 
 
 def default_cut(backbone_name: str, classifier) -> int:
-    """The references' cut for their backbones, else about two thirds of the depth
-    (a backbone layer index)."""
-    if backbone_name in REFERENCE_CUTS:
-        return classifier.cut_at(REFERENCE_CUTS[backbone_name])
-    return round(classifier.depth * 2 / 3)
+    """The backbone's default cut (`core.model.backbones.Backbone.fine_tune_at`), as a layer index."""
+    return classifier.cut_at(get_backbone_spec(backbone_name).fine_tune_at)
 
 
 def stored_cut(classifier, fine_tune_at: str | None) -> int | None:

@@ -5,6 +5,7 @@ import streamlit as st
 
 from core import workflow
 from core.config import DEFAULT_FINE_TUNE, TrainConfig, default_fine_tune
+from core.model.backbones import get_backbone_spec
 from core.model.build import count_params
 from core.model.classifier import Classifier
 from core.training import runs
@@ -91,7 +92,8 @@ name_differences(run)
 
 
 config = st.session_state.get("fine_tune_config") or dataclasses.replace(
-    default_fine_tune(head), fine_tune_at=st.session_state.get("fine_tune_at") or DEFAULT_FINE_TUNE.fine_tune_at)
+    default_fine_tune(head),
+    fine_tune_at=st.session_state.get("fine_tune_at") or get_backbone_spec(run.config.model.backbone).fine_tune_at)
 with user_errors():
     classifier = Classifier.from_keras(cached_model(str(run.path), "head", model_version(run, "head"))[0])
     fine_tune_at, freeze_bn = cut_ui(run.config.model.backbone, classifier, config.fine_tune_at,

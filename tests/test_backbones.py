@@ -59,9 +59,10 @@ def test_preprocess_round_trips_through_its_config():
 
 
 @pytest.mark.parametrize("name", SMALL)
-def test_registered_param_counts_match_the_built_backbones(name):
+def test_registered_param_counts_and_depths_match_the_built_backbones(name):
     spec = BACKBONES[name]
-    assert load_backbone(name, spec.default_size, "none").count_params() == spec.params
+    model = load_backbone(name, spec.default_size, "none")
+    assert (model.count_params(), len(model.layers)) == (spec.params, spec.depth)
 
 
 def test_imagenet_weights_load_offline_from_the_cache():

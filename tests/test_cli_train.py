@@ -1,13 +1,18 @@
-"""`python -m core train --config` runs a configuration exported from the dashboard unchanged."""
+"""`python -m core train`: a configuration exported from the dashboard runs unchanged, and
+without one the run fine-tunes with the Fine-tune page's defaults."""
 import json
 import os
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
+
+from core.__main__ import _run_config, make_parser
 
 from core import config as config_io
 from core.config import DataConfig, RunConfig, TrainConfig
+from core.model.backbones import BACKBONES
 from core.training import runs
 
 
@@ -41,3 +46,25 @@ def test_bad_arguments_are_user_errors(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert "error:" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("options, cut", [
+    ([], "125"), (["--backbone", "VGG16"], "block5_conv1"),
+    (["--backbone", "ResNet50"], str(round(BACKBONES["ResNet50"].depth * 2 / 3))),
+    (["--backbone", "VGG16", "--fine-tune-at", "all"], "all"),
+])
+def test_train_fine_tunes_from_the_backbones_default_cut_as_the_pages_do(tmp_path, options, cut):
+    config, _ = _run_config(make_parser().parse_args(["train", "--data", str(tmp_path), *options]))
+    assert config.fine_tune.fine_tune_at == cut
+    assert (config.fine_tune.optimizer, config.fine_tune.learning_rate) == ("adam", config.head.learning_rate / 10)
+
+
+def test_a_config_without_fine_tuning_fine_tunes_when_asked_at_a_tenth_of_its_heads_rate(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(config_io.dumps(RunConfig(head=TrainConfig(optimizer="rmsprop", learning_rate=2e-3),
+                                              fine_tune=None)))
+    config, _ = _run_config(make_parser().parse_args(["train", "--config", str(path)]))
+    assert config.fine_tune is None
+    config, _ = _run_config(make_parser().parse_args(["train", "--config", str(path), "--fine-tune-epochs", "2"]))
+    assert (config.fine_tune.optimizer, config.fine_tune.learning_rate, config.fine_tune.epochs) == ("rmsprop", 2e-4, 2)
+    assert config.fine_tune.fine_tune_at == "125"

@@ -7,12 +7,13 @@ import keras
 import numpy as np
 import pytest
 
-from core.config import ModelConfig
+from core.config import ModelConfig, RunConfig
 from core.errors import UserError
 from core.model.backbones import BACKBONES
 from core.model.build import build_model, compile_model, count_params, layer_table, summary_text
 from core.model.classifier import Classifier
 from core.model.trainable_api import trainable_api_demo
+from core.workflow import _fine_tune_cut
 
 SMALL = ModelConfig(backbone="MobileNet", weights="imagenet")  # alpha 0.25, cached weights
 
@@ -38,6 +39,26 @@ def vgg16():
 
 def random_pixels(count: int, size: int) -> np.ndarray:
     return np.random.default_rng(0).uniform(0, 255, (count, size, size, 3)).astype("float32")
+
+
+@pytest.mark.parametrize("name, fixture, layer", [("MobileNetV2", "mobilenet_v2", "block_14_expand"),
+                                                  ("VGG16", "vgg16", "block5_conv1"), ("Xception", "xception", None)])
+def test_each_backbone_fine_tunes_by_default_from_its_references_cut_or_two_thirds_of_its_depth(name, fixture, layer,
+                                                                                                  request):
+    classifier, spec = request.getfixturevalue(fixture), BACKBONES[name]
+    assert spec.depth == classifier.depth
+    cut = classifier.cut_at(spec.fine_tune_at)
+    assert 0 < cut < classifier.depth
+    if layer is None:
+        assert cut == round(classifier.depth * 2 / 3)
+    else:
+        assert classifier.backbone.layers[cut].name == layer
+
+
+def test_a_head_only_run_stores_activations_at_its_backbones_default_cut(xception):
+    """So the Fine-tune page's default fine-tuning reads them (it starts at the same cut)."""
+    head_only = RunConfig(model=ModelConfig(backbone="Xception", weights="none"), fine_tune=None)
+    assert _fine_tune_cut(xception, head_only) == xception.cut_at(BACKBONES["Xception"].fine_tune_at)
 
 
 def test_frozen_mobilenet_v2_counts_match_the_tutorial(mobilenet_v2):

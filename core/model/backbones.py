@@ -18,6 +18,7 @@ import numpy as np
 from keras import ops
 
 from core import settings
+from core.config import DEFAULT_FINE_TUNE
 from core.errors import UserError
 
 #: Preprocessing modes, as in `keras.applications.imagenet_utils.preprocess_input`,
@@ -26,6 +27,11 @@ PREPROCESSING_MODES = ("tf", "caffe", "torch", "none")
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
 _TORCH_STD = (0.229, 0.224, 0.225)
+
+#: The default cuts of the references' backbones: MobileNetV2 from layer 125 (`DEFAULT_FINE_TUNE`,
+#: its last three blocks; the TF tutorial's 100 is `core.config.TUTORIAL_CUT`) and Deep Learning
+#: with Python's VGG16 from block5_conv1.
+REFERENCE_CUTS = {"MobileNetV2": DEFAULT_FINE_TUNE.fine_tune_at, "VGG16": "block5_conv1"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,7 @@ class Backbone:
     weight_sizes: the input sizes ImageNet weights exist for; None when the
         weights fit any size >= min_size.
     params: parameter count without the top.
+    depth: number of layers without the top (`len(model.layers)`, the input layer included).
     download_mb: approximate size of the ImageNet weights download.
     weights_pattern: the file name Keras caches the weights under; "{size}"
         stands for the input size.
@@ -55,8 +62,15 @@ class Backbone:
     min_size: int
     weight_sizes: tuple[int, ...] | None
     params: int
+    depth: int
     download_mb: float
     weights_pattern: str
+
+    @property
+    def fine_tune_at(self) -> str:
+        """Where fine-tuning starts by default (`TrainConfig.fine_tune_at`): the references'
+        cut for their backbones (`REFERENCE_CUTS`), else the layer at two thirds of the depth."""
+        return REFERENCE_CUTS.get(self.name, str(round(self.depth * 2 / 3)))
 
     def weights_file(self, image_size: int) -> str:
         """The ImageNet weights file name Keras caches for this input size."""
@@ -87,62 +101,62 @@ _MOBILENET_V2_SIZES = (96, 128, 160, 192, 224)
 BACKBONES: dict[str, Backbone] = _registry(
     Backbone(
         "MobileNetV2", keras.applications.MobileNetV2, "mobilenet_v2", "tf",
-        160, 32, _MOBILENET_V2_SIZES, 2_257_984, 9.4,
+        160, 32, _MOBILENET_V2_SIZES, 2_257_984, 154, 9.4,
         "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{size}_no_top.h5",
     ),
     Backbone(
         # Width multiplier alpha=0.25: the smallest, fastest MobileNet.
         "MobileNet", functools.partial(keras.applications.MobileNet, alpha=0.25),
-        "mobilenet", "tf", 160, 32, _MOBILENET_SIZES, 218_544, 2.1,
+        "mobilenet", "tf", 160, 32, _MOBILENET_SIZES, 218_544, 86, 2.1,
         "mobilenet_2_5_{size}_tf_no_top.h5",
     ),
     Backbone(
         "MobileNetV3Small", keras.applications.MobileNetV3Small, "mobilenet_v3",
-        "none", 224, 32, None, 939_120, 4.3,
+        "none", 224, 32, None, 939_120, 157, 4.3,
         "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
     ),
     Backbone(
         "MobileNetV3Large", keras.applications.MobileNetV3Large, "mobilenet_v3",
-        "none", 224, 32, None, 2_996_352, 12.7,
+        "none", 224, 32, None, 2_996_352, 187, 12.7,
         "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5",
     ),
     Backbone(
         "EfficientNetB0", keras.applications.EfficientNetB0, "efficientnet",
-        "none", 224, 32, None, 4_049_571, 16.7, "efficientnetb0_notop.h5",
+        "none", 224, 32, None, 4_049_571, 237, 16.7, "efficientnetb0_notop.h5",
     ),
     Backbone(
         "ResNet50", keras.applications.ResNet50, "resnet50", "caffe",
-        224, 32, None, 23_587_712, 94.7,
+        224, 32, None, 23_587_712, 175, 94.7,
         "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
     ),
     Backbone(
         "ResNet50V2", keras.applications.ResNet50V2, "resnet_v2", "tf",
-        224, 32, None, 23_564_800, 94.7,
+        224, 32, None, 23_564_800, 190, 94.7,
         "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
     ),
     Backbone(
         "Xception", keras.applications.Xception, "xception", "tf",
-        299, 71, None, 20_861_480, 83.7,
+        299, 71, None, 20_861_480, 132, 83.7,
         "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
     ),
     Backbone(
         "InceptionV3", keras.applications.InceptionV3, "inception_v3", "tf",
-        299, 75, None, 21_802_784, 87.9,
+        299, 75, None, 21_802_784, 311, 87.9,
         "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
     ),
     Backbone(
         "DenseNet121", keras.applications.DenseNet121, "densenet", "torch",
-        224, 32, None, 7_037_504, 29.1,
+        224, 32, None, 7_037_504, 427, 29.1,
         "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
     ),
     Backbone(
         "VGG16", keras.applications.VGG16, "vgg16", "caffe",
-        224, 32, None, 14_714_688, 58.9,
+        224, 32, None, 14_714_688, 19, 58.9,
         "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
     ),
     Backbone(
         "ConvNeXtTiny", keras.applications.ConvNeXtTiny, "convnext", "none",
-        224, 32, None, 27_820_128, 111.3, "convnext_tiny_notop.h5",
+        224, 32, None, 27_820_128, 133, 111.3, "convnext_tiny_notop.h5",
     ),
 )
 
