@@ -46,7 +46,8 @@ class FrozenPart:
     extract: raw pixels float32 (N, S, S, 3) -> list of float32 tensors (see `Classifier.split`).
     trainable: a Keras model from those tensors to the logits.
     cut: the first trainable backbone layer (`depth` for head training).
-    weights: the variables `extract` reads (frozen: their values become graph constants).
+    weights: the model's variables but the augmentation's random state; those `extract`
+        reads are frozen, and their values become constants of its graph.
     """
 
     extract: Callable
@@ -96,7 +97,9 @@ def trace_with_constant_weights(extract: Callable, weights: list, spec: tf.Tenso
         with keras.StatelessScope(state_mapping=mapping):
             return extract(batch)
 
-    return frozen.get_concrete_function()
+    traced = frozen.get_concrete_function()
+    values.clear()  # the graph holds its own copy; a concrete function never traces again
+    return traced
 
 
 def frozen_part(classifier: Classifier, cut: int, fine_tune_cut: int | None = None) -> FrozenPart:
