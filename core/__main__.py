@@ -230,7 +230,7 @@ def _run_config(args: argparse.Namespace):
     model = _replace(run_config.model, backbone=args.backbone, weights=args.weights)
     head = _replace(run_config.head, epochs=args.head_epochs, fast_path=False if args.no_fast_path else None)
     # The Fine-tune page's defaults: the head's optimizer at a tenth of its rate, from the backbone's default cut.
-    defaults = dataclasses.replace(default_fine_tune(head), fine_tune_at=get_backbone_spec(model.backbone).fine_tune_at)
+    defaults = default_fine_tune(head, get_backbone_spec(model.backbone).fine_tune_at)
     fine_tune = run_config.fine_tune if args.config else defaults  # without a config file, the run fine-tunes
     if args.fine_tune_epochs is not None or args.fine_tune_at is not None:
         fine_tune = _replace(fine_tune or defaults, epochs=args.fine_tune_epochs, fine_tune_at=args.fine_tune_at)

@@ -118,10 +118,12 @@ TUTORIAL_CUT = "100"
 DEFAULT_FINE_TUNE = TrainConfig(optimizer="adam", learning_rate=1e-4, epochs=3, fine_tune_at="125")
 
 
-def default_fine_tune(head: TrainConfig) -> TrainConfig:
-    """`DEFAULT_FINE_TUNE` for a head trained with `head`: the head's optimizer at a tenth of
-    its learning rate (the default head's Adam 1e-3 gives `DEFAULT_FINE_TUNE`'s Adam 1e-4)."""
-    return dataclasses.replace(DEFAULT_FINE_TUNE, optimizer=head.optimizer, learning_rate=head.learning_rate / 10)
+def default_fine_tune(head: TrainConfig, fine_tune_at: str = DEFAULT_FINE_TUNE.fine_tune_at) -> TrainConfig:
+    """`DEFAULT_FINE_TUNE` for a head trained with `head`, from the cut `fine_tune_at` (the
+    backbone's default: `core.model.backbones.Backbone.fine_tune_at`): the head's optimizer at
+    a tenth of its learning rate (the default head's Adam 1e-3 gives `DEFAULT_FINE_TUNE`'s Adam 1e-4)."""
+    return dataclasses.replace(DEFAULT_FINE_TUNE, optimizer=head.optimizer, learning_rate=head.learning_rate / 10,
+                               fine_tune_at=fine_tune_at)
 
 
 @dataclass(frozen=True)

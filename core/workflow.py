@@ -23,7 +23,7 @@ import keras
 import numpy as np
 
 from core import config as config_io
-from core.config import DEFAULT_FINE_TUNE, RunConfig, TrainConfig
+from core.config import RunConfig, TrainConfig, default_fine_tune
 from core.data import datasets
 from core.data.datasets import ImageData
 from core.data.report import REPORT_FILE, data_report
@@ -258,8 +258,7 @@ def _fine_tune_cut(classifier: Classifier, config: RunConfig) -> int | None:
     cut (`Backbone.fine_tune_at`, where the Fine-tune page starts), so a fine-tuning
     with the defaults runs no frozen layer again.
     """
-    tune = config.fine_tune or dataclasses.replace(
-        DEFAULT_FINE_TUNE, fine_tune_at=get_backbone_spec(config.model.backbone).fine_tune_at)
+    tune = config.fine_tune or default_fine_tune(config.head, get_backbone_spec(config.model.backbone).fine_tune_at)
     if not tune.fast_path or not config.head.fast_path:
         return None
     try:

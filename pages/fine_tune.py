@@ -91,9 +91,8 @@ st.markdown(f"Continuing run `{run.id}` (head: {head.optimizer} at {head.learnin
 name_differences(run)
 
 
-config = st.session_state.get("fine_tune_config") or dataclasses.replace(
-    default_fine_tune(head),
-    fine_tune_at=st.session_state.get("fine_tune_at") or get_backbone_spec(run.config.model.backbone).fine_tune_at)
+config = st.session_state.get("fine_tune_config") or default_fine_tune(
+    head, st.session_state.get("fine_tune_at") or get_backbone_spec(run.config.model.backbone).fine_tune_at)
 with user_errors():
     classifier = Classifier.from_keras(cached_model(str(run.path), "head", model_version(run, "head"))[0])
     fine_tune_at, freeze_bn = cut_ui(run.config.model.backbone, classifier, config.fine_tune_at,

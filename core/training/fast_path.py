@@ -46,8 +46,8 @@ class FrozenPart:
     extract: raw pixels float32 (N, S, S, 3) -> list of float32 tensors (see `Classifier.split`).
     trainable: a Keras model from those tensors to the logits.
     cut: the first trainable backbone layer (`depth` for head training).
-    weights: the model's variables but the augmentation's random state; those `extract`
-        reads are frozen, and their values become constants of its graph.
+    weights: the model's frozen weights (Keras' `non_trainable_weights`: no random seed
+        state), which `extract` reads as constants of its graph.
     """
 
     extract: Callable
@@ -110,10 +110,8 @@ def frozen_part(classifier: Classifier, cut: int, fine_tune_cut: int | None = No
     `fine_tune_cut`, after the features, for a later fine-tuning from there.
     """
     extract, trainable = classifier.split(cut, fine_tune_cut)
-    augmentation = classifier.augmentation
-    random_state = {id(v) for v in augmentation.variables} if augmentation is not None else set()
-    weights = [v for v in classifier.model.variables if id(v) not in random_state]
-    return FrozenPart(extract=extract, trainable=trainable, cut=cut, weights=weights, augmentation=augmentation)
+    return FrozenPart(extract=extract, trainable=trainable, cut=cut, weights=classifier.model.non_trainable_weights,
+                      augmentation=classifier.augmentation)
 
 
 def extract(part: FrozenPart, images: np.ndarray, augment: bool, progress=None, label: str = "",
