@@ -93,6 +93,36 @@ def test_a_trial_returns_its_best_epoch():
     assert 1 <= scores["epoch"] <= 4 and scores["val_accuracy"] > 0.6 and np.isfinite(scores["val_loss"])
 
 
+def test_a_trial_scores_the_same_on_a_shared_head_as_on_a_new_one():
+    views, labels, val_views, val_labels = split_problem(2)
+    first = {"learning_rate": 1e-2, "dropout": 0.3, "hidden_units": 64, "epochs": 3, "optimizer": "adam",
+             "class_weights": False}
+    other = {**first, "learning_rate": 3e-2, "dropout": 0.1, "epochs": 4, "class_weights": True}
+    heads = sweep.TrialHeads((16,), 2, steps=16)
+
+    def scores(params, shared=None):
+        return {k: v for k, v in sweep.train_trial(params, views, labels, val_views[0], val_labels, 2,
+                                                   heads=shared).items() if k != "seconds"}
+
+    alone = scores(first)
+    assert scores(first, heads) == alone
+    assert scores(other, heads) != alone  # it trained the shared head (and its optimizer) on
+    assert scores(first, heads) == alone  # which was reset: initial weights, optimizer state, dropout stream
+    assert len(heads._built) == 1
+
+
+def test_the_sweep_dropout_drops_at_its_rate_and_keeps_the_expected_value():
+    layer = sweep.TunableDropout(seed=0)
+    inputs = keras.ops.ones((400, 50))
+    layer.build(inputs.shape)
+    for rate in (0.0, 0.25, 0.5):
+        layer.rate.assign(rate)
+        out = keras.ops.convert_to_numpy(layer(inputs, training=True))
+        assert np.mean(out == 0) == pytest.approx(rate, abs=0.02)
+        np.testing.assert_allclose(out[out != 0], 1 / (1 - rate), rtol=1e-6)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(inputs, training=False)), 1.0)
+
+
 SIZE = 128
 
 

@@ -86,13 +86,14 @@ def build_model(
                       augmentation=augmentation)
 
 
-def add_head(x, model_config: ModelConfig, num_classes: int):
+def add_head(x, model_config: ModelConfig, num_classes: int, dropout: keras.layers.Layer | None = None):
     """The new head on pooled features `x` (N, D): [Dense "hidden" (ReLU)] -> Dropout ->
     Dense "logits" (one logit for two classes, else one per class). Returns the
-    logits tensor, float32 (N, 1) or (N, C), no activation."""
+    logits tensor, float32 (N, 1) or (N, C), no activation. `dropout`: a layer to use
+    instead of `keras.layers.Dropout(model_config.dropout)` (the sweep's, whose rate varies)."""
     if model_config.hidden_units:
         x = keras.layers.Dense(model_config.hidden_units, activation="relu", name=HIDDEN)(x)
-    x = keras.layers.Dropout(model_config.dropout, name=DROPOUT)(x)
+    x = (dropout or keras.layers.Dropout(model_config.dropout, name=DROPOUT))(x)
     return keras.layers.Dense(1 if num_classes == 2 else num_classes, name=LOGITS)(x)
 
 

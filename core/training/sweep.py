@@ -1,11 +1,13 @@
 """A small hyperparameter search over head settings on cached features, with Optuna.
 
-Each trial trains a fresh head (`core.model.build.add_head`) on the feature
-cache's pooled features (one stored augmented view per epoch, as the fast path
-does) and scores it by its best validation accuracy, so a trial costs only the
-head's training. Optuna's TPE sampler (seeded) proposes the next settings from
-the trials so far; the search space is `SPACE`. The best trial's settings become
-a normal run (see `core.workflow.sweep_job`).
+Each trial trains a head (`core.model.build.add_head`) from its initial weights on
+the feature cache's pooled features (one stored augmented view per epoch, as the
+fast path does) and scores it by its best validation accuracy, so a trial costs
+only the head's training; trials with the same hidden units and optimizer reuse
+one compiled head (`TrialHeads`), so Keras traces its training step once.
+Optuna's TPE sampler (seeded) proposes the next settings from the trials so far;
+the search space is `SPACE`. The best trial's settings become a normal run (see
+`core.workflow.sweep_job`).
 """
 from __future__ import annotations
 
@@ -80,25 +82,83 @@ class _TrialScores(keras.callbacks.Callback):
         self.accuracies.append(float(np.mean(predicted == self.labels)))
 
 
+class TunableDropout(keras.layers.Layer):
+    """Dropout whose rate is a variable (`rate`, float32 scalar in [0, 1)), so one traced
+    training step serves every rate a sweep tries. In training each unit is kept with
+    probability 1 - rate and scaled by 1 / (1 - rate), as in `keras.layers.Dropout`;
+    otherwise it passes its input through. Named "dropout", as the head's Dropout."""
+
+    def __init__(self, seed: int, **kwargs):
+        super().__init__(name=model_lib.DROPOUT, **kwargs)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def build(self, input_shape):
+        self.rate = self.add_weight(shape=(), initializer="zeros", trainable=False, name="rate")
+
+    def call(self, inputs, training=False):
+        if not training:
+            return inputs
+        kept = keras.random.uniform(keras.ops.shape(inputs), seed=self.seed_generator) >= self.rate
+        return keras.ops.where(kept, inputs / (1.0 - self.rate), 0.0)
+
+
+class TrialHeads:
+    """The compiled heads a sweep's trials train, one per structure (hidden units,
+    optimizer), each with Keras' training step traced once for all the trials that use it
+    (tracing is about half of a short trial's time).
+
+    `get(params)` returns the structure's head reset to the state it was built in (its
+    initial weights from `seed`, a new optimizer state, the dropout's random stream) with
+    the trial's dropout rate and learning rate set, so a trial's scores do not depend on
+    the trials before it. feature_shape: one example's features, e.g. (1280,);
+    steps: batches per epoch (each epoch is one traced call, `steps_per_execution`).
+    """
+
+    def __init__(self, feature_shape: tuple[int, ...], num_classes: int, steps: int, seed: int = 0):
+        self.feature_shape, self.num_classes, self.steps, self.seed = feature_shape, num_classes, steps, seed
+        self._built: dict[tuple[int, str], tuple[keras.Model, list, list[np.ndarray]]] = {}
+
+    def get(self, params: dict) -> keras.Model:
+        key = (int(params["hidden_units"]), params["optimizer"])
+        if key not in self._built:
+            self._built[key] = self._build(*key)
+        head, variables, initial = self._built[key]
+        for variable, value in zip(variables, initial):
+            variable.assign(value)
+        head.get_layer(model_lib.DROPOUT).rate.assign(float(params["dropout"]))
+        head.optimizer.learning_rate = float(params["learning_rate"])
+        return head
+
+    def _build(self, hidden_units: int, optimizer: str):
+        keras.utils.set_random_seed(self.seed)
+        inputs = keras.Input(self.feature_shape, name="features")
+        logits = model_lib.add_head(inputs, ModelConfig(hidden_units=hidden_units), self.num_classes,
+                                    dropout=TunableDropout(self.seed))
+        head = keras.Model(inputs, logits)
+        model_lib.compile_model(head, optimizer, 1e-3, self.num_classes, steps_per_execution=self.steps)
+        head.optimizer.build(head.trainable_variables)
+        variables = head.variables + head.optimizer.variables
+        return head, variables, [keras.ops.convert_to_numpy(variable) for variable in variables]
+
+
 def train_trial(params: dict, views: list[list[np.ndarray]], labels: np.ndarray, val: list[np.ndarray],
                 val_labels: np.ndarray, num_classes: int, batch_size: int = 32, seed: int = 0,
-                progress=None) -> dict:
-    """Train a fresh head with `params` on cached features and return its scores.
+                progress=None, heads: TrialHeads | None = None) -> dict:
+    """Train a head with `params` on cached features and return its scores.
 
-    views: per stored view, [features (N, C) float16]; val: [features (M, C)].
-    Each epoch runs as one traced call (`steps_per_execution`), so a stop request is
-    seen at the end of an epoch (a head's epoch on features takes a fraction of a second).
+    views: per stored view, [features (N, C) float16]; val: [features (M, C)]; heads:
+    where the trial's head comes from (a sweep shares one across its trials; by default a
+    new one). Each epoch runs as one traced call, so a stop request is seen at the end of
+    an epoch (a head's epoch on features takes a fraction of a second). Sample weights are
+    always fed (ones without class weights), so both kinds of trial share a traced step.
     Returns {"val_accuracy": best over epochs, "val_loss": at that epoch, "epoch": it, "seconds"}.
     """
     started = time.perf_counter()
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input(views[0][0].shape[1:], name="features")
-    head = keras.Model(inputs, model_lib.add_head(inputs, ModelConfig(hidden_units=int(params["hidden_units"]),
-                                                                     dropout=float(params["dropout"])), num_classes))
     batch_size, epochs = min(batch_size, len(labels)), int(params["epochs"])
     steps = steps_per_epoch(len(labels), batch_size)
-    model_lib.compile_model(head, params["optimizer"], params["learning_rate"], num_classes, steps_per_execution=steps)
-    weights = class_weights(labels, num_classes)[labels] if params["class_weights"] else None
+    heads = heads or TrialHeads(views[0][0].shape[1:], num_classes, steps, seed)
+    head = heads.get(params)
+    weights = class_weights(labels, num_classes)[labels] if params["class_weights"] else np.ones(len(labels), "float32")
     scores = _TrialScores(val[0], val_labels, progress)
     head.fit(view_batches(views, labels, batch_size, seed, epochs, weights), steps_per_epoch=steps, shuffle=False,
              epochs=epochs, callbacks=[scores], verbose=0)
@@ -119,10 +179,12 @@ def search(views: list[list[np.ndarray]], labels: np.ndarray, val: list[np.ndarr
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
     rows: list[dict] = []
+    heads = TrialHeads(views[0][0].shape[1:], num_classes, steps_per_epoch(len(labels), min(batch_size, len(labels))),
+                       seed)
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial)
-        scores = train_trial(params, views, labels, val, val_labels, num_classes, batch_size, seed, progress)
+        scores = train_trial(params, views, labels, val, val_labels, num_classes, batch_size, seed, progress, heads)
         rows.append({"trial": trial.number + 1, **params, **scores})
         if progress is not None:
             mean = sum(row["seconds"] for row in rows) / len(rows)
