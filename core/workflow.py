@@ -28,8 +28,8 @@ from core.data import datasets
 from core.data.datasets import ImageData
 from core.data.report import REPORT_FILE, data_report
 from core.errors import UserError
+from core.model import backbones
 from core.model.augmentation import build_augmentation
-from core.model.backbones import get_backbone_spec
 from core.model.build import build_model
 from core.model.classifier import Classifier
 from core.results import evaluation, export
@@ -104,8 +104,17 @@ def head_job(run: Run, progress, data_root: Path | None = None) -> dict:
         run.log("head: 0 epochs asked for; the untrained head is saved as it is.")
         for kind in ("head", "final"):
             run.save_model(classifier.model, kind)
-    return finish_phase(run, classifier.model, data, result, config.head, progress,
-                         extra={"initial": result.initial})
+    metrics = finish_phase(run, classifier.model, data, result, config.head, progress,
+                           extra={"initial": result.initial})
+    _reuse_backbone(classifier, config)
+    return metrics
+
+
+def _reuse_backbone(classifier: Classifier, config: RunConfig) -> None:
+    """At the end of a job that kept the backbone frozen, let the next job in this process
+    take it rather than build it again (`backbones.reuse`; ImageNet weights only)."""
+    if config.model.weights == "imagenet":
+        backbones.reuse(classifier.backbone, config.model.backbone, config.data.image_size)
 
 
 @_stoppable
@@ -228,7 +237,8 @@ def sweep_job(run: Run, progress, data_root: Path | None = None, trials: int = 2
 def _head_features(config: RunConfig, data: ImageData, progress):
     """(frozen part, training views, validation) for head training with `config`, the
     features from the feature cache (stored in the same pass: the activations at the
-    fine-tuning cut and the test split's features, as `head_job` does)."""
+    fine-tuning cut and the test split's features, as `head_job` does). What follows
+    uses only these and the head, so the backbone is then kept for the next job."""
     keras.utils.set_random_seed(config.seed)
     _report(progress, "building the model")
     classifier = build_model(config.model, data.num_classes, config.data.image_size,
@@ -237,6 +247,7 @@ def _head_features(config: RunConfig, data: ImageData, progress):
     part = frozen_part(classifier, classifier.freeze(None), cut)
     outputs = cached_outputs(classifier, part, data, config.head.views, config.seed, fine_tune_cut=cut,
                              probe=feature_cache.probe_of(config), progress=progress, held_out=_held_out(data))
+    _reuse_backbone(classifier, config)
     return part, outputs.views, outputs.validation
 
 
@@ -258,7 +269,8 @@ def _fine_tune_cut(classifier: Classifier, config: RunConfig) -> int | None:
     cut (`Backbone.fine_tune_at`, where the Fine-tune page starts), so a fine-tuning
     with the defaults runs no frozen layer again.
     """
-    tune = config.fine_tune or default_fine_tune(config.head, get_backbone_spec(config.model.backbone).fine_tune_at)
+    backbone = backbones.get_backbone_spec(config.model.backbone)
+    tune = config.fine_tune or default_fine_tune(config.head, backbone.fine_tune_at)
     if not tune.fast_path or not config.head.fast_path:
         return None
     try:

@@ -16,6 +16,7 @@ from core.model.backbones import (
     WeightsUnavailableError,
     load_backbone,
     prebuild,
+    reuse,
 )
 from core.model.build import build_model
 
@@ -100,6 +101,18 @@ def test_a_prebuilt_backbone_is_taken_once_and_the_head_starts_the_same_as_witho
     prebuild("MobileNet", 128)
     assert load_backbone("MobileNet", 128, "none") is not load_backbone("MobileNet", 128)  # "none" never takes it
 
+
+def test_a_kept_backbone_is_taken_once_with_its_layers_trainable_again():
+    from core.config import ModelConfig
+
+    classifier = build_model(ModelConfig(backbone="MobileNet"), 3, 128)
+    assert not classifier.backbone.trainable  # frozen in its classifier
+    reuse(classifier.backbone, "MobileNet", 128)
+    assert load_backbone("MobileNet", 128, "none") is not classifier.backbone  # only ImageNet weights take it
+    taken = load_backbone("MobileNet", 128)
+    assert taken is classifier.backbone
+    assert taken.trainable and all(layer.trainable for layer in taken.layers)  # as a new backbone's
+    assert load_backbone("MobileNet", 128) is not taken
 
 @pytest.fixture
 def offline(monkeypatch):

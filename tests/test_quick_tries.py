@@ -14,6 +14,7 @@ from core import workflow
 from core.__main__ import main
 from core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from core.errors import UserError
+from core.model import backbones
 from core.model.build import add_head, compile_model
 from core.training import lr_finder, runs, sweep
 from core.training.progress import Progress
@@ -152,6 +153,20 @@ def test_the_sweep_trains_its_best_trial_as_a_run_that_loads_and_fine_tunes(tmp_
     metrics = workflow.fine_tune_job(best, Progress())
     assert metrics["fine_tune"]["epochs"] == 1 and metrics["fine_tune"]["feature_cache"]["computed"] == 0
 
+
+def test_a_second_head_run_in_one_process_reuses_the_backbone_and_trains_the_same_head(tmp_path, monkeypatch):
+    monkeypatch.setattr(backbones, "_PREBUILT", {})  # nothing kept by earlier tests
+    loads = []
+    load = backbones._load_imagenet
+    monkeypatch.setattr(backbones, "_load_imagenet", lambda *args: loads.append(args) or load(*args))
+    first, second = (runs.Run.create(tmp_path, base_config()) for _ in range(2))
+    workflow.head_job(first, Progress())
+    workflow.head_job(second, Progress())
+    assert len(loads) == 1  # the second run took the first's backbone
+    heads = [workflow.load_run_model(run, "head")[0] for run in (first, second)]
+    for a, b in zip(*(model.weights for model in heads)):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), err_msg=a.path)
+    assert workflow.fine_tune_job(second, Progress())["fine_tune"]["epochs"] == 1
 
 def test_the_lr_finder_job_on_the_head_and_on_fine_tuning(tmp_path):
     run = runs.Run.create(tmp_path, base_config())

@@ -252,11 +252,17 @@ def test_training_on_two_logical_cpu_devices(tmp_path):
         for split in data.splits:
             images, labels = data.splits[split]
             data.splits[split] = (images[:64], labels[:64])
+        from core.model import backbones
+        kept = backbones.load_backbone("MobileNetV2", {SIZE})
+        backbones.reuse(kept, "MobileNetV2", {SIZE})
         with strategy.scope():
             model = build_model(ModelConfig(), data.num_classes, {SIZE})
+            assert model.backbone is not kept  # a backbone made outside the strategy is not taken in it
             fast = training.train_phase(model, data, TrainConfig(epochs=2, views=1), "head", batch_size=16)
             full = training.train_phase(model, data, TrainConfig(epochs=3, fast_path=False, fine_tune_at="140"),
                                         "fine_tune", batch_size=16, epoch_offset=2)
+        backbones.reuse(model.backbone, "MobileNetV2", {SIZE})  # mirrored variables: not kept
+        assert backbones.load_backbone("MobileNetV2", {SIZE}) is kept
         print("PATHS", fast.path, full.path, "LOSS", full.history[0]["loss"], full.history[-1]["loss"])
         assert full.history[-1]["loss"] < fast.history[0]["loss"]
     """)
