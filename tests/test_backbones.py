@@ -113,6 +113,9 @@ def test_a_kept_backbone_is_taken_once_with_its_layers_trainable_again():
     assert taken is classifier.backbone
     assert taken.trainable and all(layer.trainable for layer in taken.layers)  # as a new backbone's
     assert load_backbone("MobileNet", 128) is not taken
+    reuse(taken, "MobileNet", 128)
+    reuse(load_backbone("MobileNet", 160), "MobileNet", 160)
+    assert load_backbone("MobileNet", 128) is not taken  # one backbone is kept at most: the last
 
 @pytest.fixture
 def offline(monkeypatch):

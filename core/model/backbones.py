@@ -265,12 +265,14 @@ def reuse(backbone: keras.Model, name: str, image_size: int) -> None:
 
     Call it when a job that kept the backbone frozen ends: its weights are then still the
     ImageNet ones as loaded. Its layers are made trainable again, as a new backbone's
-    are. A backbone made under a strategy with several replicas (mirrored variables) is
-    not kept: one made outside it is what `load_backbone` builds there.
+    are. Only the last one kept is held (it replaces any other), so memory holds one
+    backbone at most. A backbone made under a strategy with several replicas (mirrored
+    variables) is not kept: one made outside it is what `load_backbone` builds there.
     """
     if any(isinstance(variable.value, tf.distribute.DistributedValues) for variable in backbone.weights):
         return
     backbone.trainable = True
+    _PREBUILT.clear()
     _PREBUILT[(name, image_size)] = backbone
 
 
