@@ -70,7 +70,7 @@ def training_form_ui(config: TrainConfig, *, key: str, start_label: str, head: T
     optimizer and rate) and whether `start_label` was pressed (never while `disabled`).
     """
     presets = HEAD_PRESETS if head is None else fine_tune_presets(head)
-    with st.form(key):
+    with st.form(key, enter_to_submit=False):  # Enter in a field must not start a run
         names = [*presets, CUSTOM]
         preset = st.radio("Learning rate preset", names, horizontal=True,
                           index=names.index(preset_of(presets, config.optimizer, config.learning_rate)))

@@ -64,7 +64,12 @@ with st.form("data_form"):
         with user_errors():
             st.caption(f"{describe(name)}. Offline, only a prepared copy works.")
     elif source == "folder":
-        st.caption(f"Data root on the server: `{settings.data_root()}`. Paths outside it are refused.")
+        root = settings.data_root()
+        st.caption(f"Data root on the server: `{root}` (set `TL_DATA_ROOT` before starting the dashboard to use"
+                   " another folder). Paths outside it are refused.")
+        if not root.is_dir():
+            st.warning(f"{root} does not exist: create it and put your dataset folders in it, or restart the"
+                       " dashboard with TL_DATA_ROOT set to the folder that holds them.")
         name = st.text_input("Folder (relative to the data root)", value=name,
                              help="Either <folder>/<class>/images or <folder>/{train,validation[,test]}/<class>/images.")
     elif source == "zip":

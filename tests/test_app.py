@@ -125,10 +125,18 @@ def test_folder_outside_the_data_root_shows_an_error_box(data_root):
     write_class_folders(data_root.parent / "outside", {"a": 3, "b": 3})
     at = load_folder_through_form(start_app(), "../outside")
     assert not at.exception
-    assert "outside the data root" in at.error[0].value
+    assert "outside the data root" in at.error[0].value and "TL_DATA_ROOT" in at.info[0].value  # how to change it
     assert at.session_state["data_config"] == SMALL_DEMO, "a refused folder loses nothing: the demo stays loaded"
     assert "still the one loaded before" in " ".join(caption.value for caption in at.caption)
 
+
+def test_a_data_root_that_does_not_exist_is_said_before_a_folder_is_tried(tmp_path, monkeypatch):
+    monkeypatch.setenv("TL_DATA_ROOT", str(tmp_path / "nowhere"))
+    at = start_app()
+    by_label(at.radio, "Source").set_value("folder").run()
+    assert not at.exception
+    warning = " ".join(w.value for w in at.warning)
+    assert f"{tmp_path / 'nowhere'} does not exist" in warning and "TL_DATA_ROOT" in warning
 
 def test_a_missing_folder_names_the_folders_there_and_keeps_the_current_dataset(data_root):
     write_class_folders(data_root / "colours", {"dark": 3, "light": 3})

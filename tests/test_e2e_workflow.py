@@ -96,7 +96,11 @@ def walk_model(page: Page) -> None:
 def walk_train_head(page: Page) -> str:
     """Train the head for HEAD_EPOCHS; the progress advances to "finished", curves and metrics appear."""
     open_page(page, "Train head")
-    fill_number(page.get_by_test_id("stForm"), "Epochs", HEAD_EPOCHS)
+    epochs = page.get_by_test_id("stForm").get_by_label("Epochs", exact=True)
+    epochs.fill(str(HEAD_EPOCHS))
+    epochs.press("Enter")  # commits the value; only the button starts a run
+    wait_until_idle(page)
+    expect(run_status(page)).to_have_count(0)
     page.get_by_role("button", name="Start head training").click()
     status = run_status(page, "finished")
     seen = watch_progress(page, lambda: status.count() > 0)

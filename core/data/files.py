@@ -46,7 +46,8 @@ def resolve_under_root(root: str | os.PathLike, user_path: str | os.PathLike) ->
             elsewhere, or a symbolic link pointing out) or is malformed.
     """
     root_path = Path(root).resolve()
-    hint = f"Choose a folder inside the data root {root_path}, given relative to it."
+    hint = (f"Choose a folder inside the data root {root_path}, given relative to it, or start the dashboard"
+            " with TL_DATA_ROOT set to the folder that holds your datasets.")
     try:
         candidate = root_path / user_path
         resolved = candidate.resolve()
