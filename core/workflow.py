@@ -35,7 +35,8 @@ from core.model.classifier import Classifier
 from core.results import evaluation, export
 from core.training import feature_cache, lr_finder, runs, sweep
 from core.training import phases as training
-from core.training.fast_path import cached_outputs, frozen_part
+from core.training.callbacks import Recorder, phase_callbacks
+from core.training.fast_path import cached_outputs, frozen_part, steps_per_epoch
 from core.training.progress import Stopped
 from core.training.runs import Run
 
@@ -191,10 +192,12 @@ def lr_find_job(run: Run, progress, data_root: Path | None = None, phase: str = 
         views = cached_outputs(classifier, part, data, tune.views, config.seed, progress=progress).views
         optimizer = tune.optimizer
     else:
-        part, views, _ = _head_features(config, data, progress)
-        optimizer = config.head.optimizer
+        classifier, part, outputs = _head_features(config, data, progress)
+        views, optimizer = outputs.views, config.head.optimizer
     result = lr_finder.find_learning_rate(part.trainable, views, labels, data.num_classes, optimizer,
                                           batch_size=config.data.batch_size, seed=config.seed, progress=progress)
+    if phase == "head":
+        _reuse_backbone(classifier, config)
     found = {**run.read_json(LR_FIND_FILE, default={}), phase: result.to_dict()}
     run.write_json(LR_FIND_FILE, found)
     run.log(f"lr finder ({phase}): suggested learning rate {result.suggestion:.2e}")
@@ -204,22 +207,23 @@ def lr_find_job(run: Run, progress, data_root: Path | None = None, phase: str = 
 @_stoppable
 def sweep_job(run: Run, progress, data_root: Path | None = None, trials: int = 20) -> dict:
     """Search head settings (`core.training.sweep`) on the run's cached features, then
-    train the best trial's settings as a new normal run beside this one (its head
-    reads the same cached features), which the user can fine-tune.
+    make the best trial a new normal run beside this one, which the user can fine-tune:
+    its head is trained as the trial was (`_trial_as_run`), so it has the trial's scores.
 
     Writes `sweep.json` ({"trials": rows, "best": row, "best_run": run id}) into
     this run's directory, after every trial; returns it.
     """
     config, data = run_data(run, progress, data_root)
-    views, val = _head_features(config, data, progress)[1:]
+    classifier, _, outputs = _head_features(config, data, progress)
     record = {"trials": [], "base": config_io.to_dict(config)}
 
     def save(rows: list[dict]) -> None:
         record["trials"] = rows
         run.write_json(SWEEP_FILE, record)
 
-    rows = sweep.search(views, data.splits["train"][1], val, data.splits["validation"][1], data.num_classes, trials,
-                        config.data.batch_size, config.seed, progress, on_trial=save)
+    rows = sweep.search(outputs.views, data.splits["train"][1], outputs.validation, data.splits["validation"][1],
+                        data.num_classes, trials, config.data.batch_size, config.seed, progress, on_trial=save)
+    _reuse_backbone(classifier, config)
     if not rows or progress.stop_requested:
         return record
     record["best"] = sweep.best_row(rows)
@@ -228,17 +232,51 @@ def sweep_job(run: Run, progress, data_root: Path | None = None, trials: int = 2
     record["best_run"] = best.id
     run.write_json(SWEEP_FILE, record)
     best.set_status(runs.RUNNING, started=time.time())
-    head_job(best, progress, data_root)
+    _trial_as_run(best, progress, data_root)
     best.set_status(runs.STOPPED if progress.stop_requested else runs.FINISHED, finished=time.time())
     run.log(f"sweep: {len(rows)} trials; best {record['best']}; trained as run {best.id}")
     return record
 
 
+@_stoppable
+def _trial_as_run(run: Run, progress, data_root: Path | None = None) -> dict:
+    """Train the run's head as a sweep trains a trial with its settings (`sweep.train_trial`
+    on the same cached features and seed: the same scores, epoch by epoch), recorded,
+    logged to TensorBoard, saved and scored on the test split as `head_job` does. The
+    model built from the run's config gets the trial head's weights (best and last epoch)."""
+    config, data = run_data(run, progress, data_root)
+    run.write_json(CLASSES_FILE, data.class_names)
+    classifier, part, outputs = _head_features(config, data, progress)
+    labels = data.splits["train"][1]
+    batch_size = min(config.data.batch_size, len(labels))
+    recorder = Recorder(phase="head", path="features", steps=steps_per_epoch(len(labels), batch_size),
+                        batch_size=batch_size, progress=progress, on_epoch=run.append_history, epochs=config.head.epochs)
+    started = time.perf_counter()
+    sweep.train_trial(sweep.settings_of(config), outputs.views, labels, outputs.validation,
+                      data.splits["validation"][1], data.num_classes, batch_size, config.seed, progress,
+                      callbacks=phase_callbacks(config.head, recorder, tensorboard_dir(run)))
+    weights = {}
+    for kind, values in (("best", recorder.best_weights), ("final", recorder.final_weights)):
+        if values is not None:
+            recorder.model.set_weights(values)
+            for layer in part.trainable.layers:
+                if layer.trainable_weights:
+                    layer.set_weights(recorder.model.get_layer(layer.name).get_weights())
+            weights[kind] = part.trainable.get_weights()
+    result = training.PhaseResult(phase="head", path="features", history=recorder.records,
+                                  seconds=time.perf_counter() - started, stopped=recorder.stopped,
+                                  nan_epoch=recorder.nan_epoch, trained=part.trainable, weights=weights,
+                                  cache={"read": outputs.read, "computed": outputs.computed},
+                                  held_out=outputs.held_out)
+    metrics = finish_phase(run, classifier.model, data, result, config.head, progress)
+    _reuse_backbone(classifier, config)
+    return metrics
+
+
 def _head_features(config: RunConfig, data: ImageData, progress):
-    """(frozen part, training views, validation) for head training with `config`, the
+    """(classifier, frozen part, `CachedOutputs`) for head training with `config`, the
     features from the feature cache (stored in the same pass: the activations at the
-    fine-tuning cut and the test split's features, as `head_job` does). What follows
-    uses only these and the head, so the backbone is then kept for the next job."""
+    fine-tuning cut and the test split's features, as `head_job` does)."""
     keras.utils.set_random_seed(config.seed)
     _report(progress, "building the model")
     classifier = build_model(config.model, data.num_classes, config.data.image_size,
@@ -247,8 +285,7 @@ def _head_features(config: RunConfig, data: ImageData, progress):
     part = frozen_part(classifier, classifier.freeze(None), cut)
     outputs = cached_outputs(classifier, part, data, config.head.views, config.seed, fine_tune_cut=cut,
                              probe=feature_cache.probe_of(config), progress=progress, held_out=_held_out(data))
-    _reuse_backbone(classifier, config)
-    return part, outputs.views, outputs.validation
+    return classifier, part, outputs
 
 
 def _held_out(data: ImageData) -> tuple[str, ...]:

@@ -147,7 +147,14 @@ def test_the_sweep_trains_its_best_trial_as_a_run_that_loads_and_fine_tunes(tmp_
     assert best.status()["status"] == runs.FINISHED
     assert best.config.head.learning_rate == pytest.approx(record["best"]["learning_rate"])
     assert best.config.model.hidden_units == record["best"]["hidden_units"]
-    assert best.read_json("metrics.json")["head"]["feature_cache"]["computed"] == 0  # the sweep's features
+    head = best.read_json("metrics.json")["head"]
+    assert head["feature_cache"]["computed"] == 0  # the sweep's features
+    # the run is the trial: its scores, epoch by epoch, and its best epoch kept
+    history = [r for r in best.history() if r["phase"] == "head"]
+    assert len(history) == record["best"]["epochs"] and head["val_accuracy"] == record["best"]["val_accuracy"]
+    kept = max(history, key=lambda r: (r["val_accuracy"], -r["val_loss"]))
+    assert kept["epoch"] == record["best"]["epoch"] and kept["val_loss"] == pytest.approx(record["best"]["val_loss"])
+    assert list((best.path / "tensorboard").rglob("events.out.tfevents.*"))
     model, _ = workflow.load_run_model(best, "head")
     assert model.get_layer("dropout").rate == pytest.approx(record["best"]["dropout"])
     metrics = workflow.fine_tune_job(best, Progress())

@@ -49,17 +49,27 @@ def suggest(trial: optuna.Trial) -> dict:
 
 
 def apply(config: RunConfig, params: dict) -> RunConfig:
-    """`config` with a trial's head settings (model: hidden units, dropout; head: the rest)."""
+    """`config` with a trial's head settings (model: hidden units, dropout; head: the rest)
+    and trained as trials are: best epoch kept, no early stopping, no learning-rate drops."""
     model = dataclasses.replace(config.model, hidden_units=int(params["hidden_units"]), dropout=float(params["dropout"]))
     head = dataclasses.replace(config.head, learning_rate=float(params["learning_rate"]), epochs=int(params["epochs"]),
-                               optimizer=params["optimizer"], class_weights=bool(params["class_weights"]))
+                               optimizer=params["optimizer"], class_weights=bool(params["class_weights"]),
+                               restore_best=True, early_stopping_patience=0, reduce_lr_on_plateau=False)
     return dataclasses.replace(config, model=model, head=head)
+
+
+def settings_of(config: RunConfig) -> dict:
+    """The head settings in `config` that a trial varies (what `apply` sets), as `suggest` gives them."""
+    return {"learning_rate": config.head.learning_rate, "dropout": config.model.dropout,
+            "hidden_units": config.model.hidden_units, "epochs": config.head.epochs,
+            "optimizer": config.head.optimizer, "class_weights": config.head.class_weights}
 
 
 class _TrialScores(keras.callbacks.Callback):
     """Each epoch's validation loss and accuracy from one inference-mode call of the head on
     all validation features (Keras' own per-epoch validation costs a trial about a third of
-    its time); stops training when the progress asks to.
+    its time), also put into the epoch's logs as val_loss and val_accuracy for the callbacks
+    after it; stops training when the progress asks to.
 
     After `fit`: `losses` and `accuracies`, one float per epoch.
     """
@@ -80,6 +90,8 @@ class _TrialScores(keras.callbacks.Callback):
         predicted = (predicted[:, 0] > 0) if predicted.shape[1] == 1 else predicted.argmax(axis=1)
         self.losses.append(float(self.model.loss(self.labels, logits)))
         self.accuracies.append(float(np.mean(predicted == self.labels)))
+        if logs is not None:
+            logs.update(val_loss=self.losses[-1], val_accuracy=self.accuracies[-1])
 
 
 class TunableDropout(keras.layers.Layer):
@@ -143,15 +155,19 @@ class TrialHeads:
 
 def train_trial(params: dict, views: list[list[np.ndarray]], labels: np.ndarray, val: list[np.ndarray],
                 val_labels: np.ndarray, num_classes: int, batch_size: int = 32, seed: int = 0,
-                progress=None, heads: TrialHeads | None = None) -> dict:
+                progress=None, heads: TrialHeads | None = None, callbacks: tuple = ()) -> dict:
     """Train a head with `params` on cached features and return its scores.
 
     views: per stored view, [features (N, C) float16]; val: [features (M, C)]; heads:
     where the trial's head comes from (a sweep shares one across its trials; by default a
-    new one). Each epoch runs as one traced call, so a stop request is seen at the end of
-    an epoch (a head's epoch on features takes a fraction of a second). Sample weights are
-    always fed (ones without class weights), so both kinds of trial share a traced step.
-    Returns {"val_accuracy": best over epochs, "val_loss": at that epoch, "epoch": it, "seconds"}.
+    new one); callbacks: more Keras callbacks for its `fit` (they see val_loss and
+    val_accuracy in the epoch logs). Each epoch runs as one traced call, so a stop request
+    is seen at the end of an epoch (a head's epoch on features takes a fraction of a
+    second). Sample weights are always fed (ones without class weights), so both kinds of
+    trial share a traced step. The same `params`, data and `seed` give the same scores.
+    Returns {"val_accuracy": best over epochs, "val_loss": at that epoch, "epoch": it,
+    "seconds"}; the best epoch is the one a run keeps (`restore_best`: the highest
+    accuracy, then the lowest loss).
     """
     started = time.perf_counter()
     batch_size, epochs = min(batch_size, len(labels)), int(params["epochs"])
@@ -161,11 +177,13 @@ def train_trial(params: dict, views: list[list[np.ndarray]], labels: np.ndarray,
     weights = class_weights(labels, num_classes)[labels] if params["class_weights"] else np.ones(len(labels), "float32")
     scores = _TrialScores(val[0], val_labels, progress)
     head.fit(view_batches(views, labels, batch_size, seed, epochs, weights), steps_per_epoch=steps, shuffle=False,
-             epochs=epochs, callbacks=[scores], verbose=0)
-    accuracies = [a if math.isfinite(a) else 0.0 for a in scores.accuracies] or [0.0]
-    best = int(np.argmax(accuracies))
-    loss = scores.losses[best] if scores.losses else math.nan
-    return {"val_accuracy": float(accuracies[best]), "val_loss": loss, "epoch": best + 1,
+             epochs=epochs, callbacks=[scores, *callbacks], verbose=0)
+    if not scores.accuracies:
+        return {"val_accuracy": 0.0, "val_loss": math.nan, "epoch": 1, "seconds": round(time.perf_counter() - started, 2)}
+    epoch_scores = [(a, -l) if math.isfinite(a) and math.isfinite(l) else (0.0, -math.inf)
+                    for a, l in zip(scores.accuracies, scores.losses)]
+    best = max(range(len(epoch_scores)), key=lambda e: (epoch_scores[e], -e))
+    return {"val_accuracy": float(epoch_scores[best][0]), "val_loss": scores.losses[best], "epoch": best + 1,
             "seconds": round(time.perf_counter() - started, 2)}
 
 
