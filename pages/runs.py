@@ -33,6 +33,8 @@ DEFAULT_EXPORTS = ("keras", "tflite")  # what is most often shipped: the others 
 TABLE_POLL_SECONDS = 2
 PERCENT = st.column_config.NumberColumn(format="percent")
 SCORE_COLUMNS = ("best val accuracy", "test accuracy", "seconds")
+#: What quick tries vary, shown right after the scores (visible at 1400 px, no scrolling).
+HEAD_COLUMNS = ("head LR", "dropout", "hidden units", "head epochs", "head optimizer")
 
 
 def live_progress(run_id: str) -> str:
@@ -54,10 +56,10 @@ def runs_table(rows: list[dict]) -> None:
         progress = [live_progress(row["run"]) for row in current]
         if any(progress):
             frame.insert(frame.columns.get_loc("status") + 1, "progress", progress)
-        scores = [column for column in SCORE_COLUMNS if column in frame.columns]  # visible at 1400 px, no scrolling
+        first = [column for column in SCORE_COLUMNS + HEAD_COLUMNS if column in frame.columns]
         after = frame.columns.get_loc("progress" if "progress" in frame.columns else "status") + 1 if "status" in frame.columns else 0
-        rest = [column for column in frame.columns if column not in scores]
-        frame = frame[rest[:after] + scores + rest[after:]]
+        rest = [column for column in frame.columns if column not in first]
+        frame = frame[rest[:after] + first + rest[after:]]
         st.dataframe(frame, hide_index=True, column_config={
             "best val accuracy": PERCENT,
             "test accuracy": PERCENT,
@@ -136,10 +138,12 @@ def export_panel(run: runs.Run) -> None:
     manifest = packaging.read_manifest(run, kind)  # on disk: deleted or outdated files are never shown
     if manifest is None:
         st.caption("Writes the chosen formats (.keras, a SavedModel, float, dynamic-range and int8 TFLite), "
-                   "labels.txt and MODEL_CARD.md into the run's export/ folder, then runs each file on the test split.")
+                   f"labels.txt and MODEL_CARD.md into `{packaging.export_folder(run, kind)}` on the server, then "
+                   "runs each file on the test split.")
         return
     parity_table(manifest)
     folder = packaging.export_folder(run, kind)
+    st.caption(f"Written to `{folder}` on the server; download them here.")
     names = [file["file"] for file in manifest["files"].values()] + [packaging.LABELS_FILE, packaging.CARD_FILE,
                                                                      packaging.MANIFEST_FILE]
     cols = st.columns(4)

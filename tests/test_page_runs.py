@@ -83,6 +83,9 @@ def test_table_lists_runs_with_status_scores_and_settings(page, run):
         assert row["training path"] == "features / features"
         assert row["seconds"] == pytest.approx(metrics["head"]["seconds"] + metrics["fine_tune"]["seconds"])
         assert table_row(at, interrupted.id)["status"] == runs.INTERRUPTED
+        assert list(at.dataframe[0].value.columns[:11]) == [  # scores, then what quick tries vary
+            "run", "name", "status", "best val accuracy", "test accuracy", "seconds",
+            "head LR", "dropout", "hidden units", "head epochs", "head optimizer"]
 
         curves = json.loads(at.get("plotly_chart")[0].proto.spec)
         assert {trace["name"] for trace in curves["data"]} == {f"colours · {run.id}"}
@@ -109,6 +112,7 @@ def test_export_writes_the_chosen_formats_with_their_parity_and_deleted_files_ar
 
     at = page(run_id=run.id)
     assert not at.get("download_button") or all(b.label == "config.json" for b in at.get("download_button"))
+    assert any(str(run.path / "export" / "final") in caption.value for caption in at.caption)  # where it writes
     assert at.multiselect(key="runs_export_formats").value == ["keras", "tflite"]  # the default
     at.multiselect(key="runs_export_formats").select("int8").run()
     at.button(key="runs_export").click().run(timeout=600)  # each format checked in its runtime
@@ -126,6 +130,7 @@ def test_export_writes_the_chosen_formats_with_their_parity_and_deleted_files_ar
     flagged = [row["file"] for row in manifest["parity"] if not row["ok"]]
     warnings = [warning.value for warning in at.warning]
     assert [w.split(" agrees")[0] for w in warnings if " agrees with the Keras model" in w] == flagged
+    assert any(f"Written to `{folder}`" in caption.value for caption in at.caption)
     labels = {button.label for button in at.get("download_button")}
     assert set(table.index) | {"labels.txt", "MODEL_CARD.md", "manifest.json", "config.json"} <= labels
 
