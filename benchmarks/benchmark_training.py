@@ -24,6 +24,7 @@ the images, building the model, training and evaluating.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import resource
@@ -45,9 +46,16 @@ QUICK_SCALE_IMAGES = 1_000
 SCALE_RSS_LIMIT_MB = 4096
 
 
+def scratch(prefix: str) -> Path:
+    """A new temporary folder, removed when this process exits (caches and runs take GBs)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
 def quick_subset(per_class: int = QUICK_PER_CLASS) -> Path:
     """A small copy (symlinks) of cats_vs_dogs: `per_class` training images per class."""
-    root = Path(tempfile.mkdtemp(prefix="bench-quick-"))
+    root = scratch("bench-quick-")
     for split, count in (("train", per_class), ("validation", max(per_class // 3, 10))):
         for class_dir in sorted((DATA / split).iterdir()):
             (root / split / class_dir.name).mkdir(parents=True)
@@ -58,7 +66,7 @@ def quick_subset(per_class: int = QUICK_PER_CLASS) -> Path:
 
 def use_shared_weights() -> None:
     """Point Keras' cache at the real weights in ../shared (before keras is imported)."""
-    home = Path(tempfile.mkdtemp(prefix="keras-home-"))
+    home = scratch("keras-home-")
     (home / "models").mkdir()
     for weights in (SHARED / "keras" / "models").glob("*.h5"):
         (home / "models" / weights.name).symlink_to(weights)
@@ -224,8 +232,8 @@ def ours(data_dir: Path = DATA, quick: bool = False) -> dict:
     from core.training import runs
     from core.training.progress import Progress
 
-    os.environ["TL_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-cache-")  # cold: no decoded images, no features
-    runs_dir = Path(tempfile.mkdtemp(prefix="bench-runs-"))
+    os.environ["TL_CACHE_DIR"] = str(scratch("bench-cache-"))  # cold: no decoded images, no features
+    runs_dir = scratch("bench-runs-")
     config = RunConfig(data=DataConfig(source="folder", name=str(data_dir), image_size=SIZE), fine_tune=DEFAULT_FINE_TUNE)
     run = runs.Run.create(runs_dir, config)
     clock = StageClock()
@@ -287,10 +295,10 @@ def dashboard(data_dir: Path = DATA) -> dict:
     from core.config import DataConfig, RunConfig
     from core.data import datasets
 
-    os.environ["TL_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-cache-")
+    os.environ["TL_CACHE_DIR"] = str(scratch("bench-cache-"))
     config = RunConfig(data=DataConfig(source="folder", name=str(data_dir), image_size=SIZE))
     _, read_seconds = timed(datasets.load_cached, config.data, Path("/"))
-    seconds = through_the_dashboard(Path(tempfile.mkdtemp(prefix="bench-runs-")), config,
+    seconds = through_the_dashboard(scratch("bench-runs-"), config,
                                     rates=(config.head.learning_rate, 3e-4))
     return {"data_page_seconds": read_seconds, "dashboard_head_seconds": seconds}
 
@@ -334,7 +342,7 @@ def make_scale_dataset(count: int) -> Path:
     import numpy as np
     from PIL import Image
 
-    root = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    root = scratch("bench-scale-")
     rng = np.random.default_rng(0)
     base = rng.integers(0, 255, (SIZE, SIZE, 3)).astype("uint8")
     for index in range(count):
@@ -357,9 +365,9 @@ def scale(count: int) -> dict:
 
     data_dir = make_scale_dataset(count)
     before = peak_memory_mb()  # TensorFlow and Keras imported, the JPEGs written: the fixed cost so far
-    os.environ["TL_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-cache-")
+    os.environ["TL_CACHE_DIR"] = str(scratch("bench-cache-"))
     config = RunConfig(data=DataConfig(source="folder", name=str(data_dir), image_size=SIZE))
-    run = runs.Run.create(Path(tempfile.mkdtemp(prefix="bench-runs-")), config)
+    run = runs.Run.create(scratch("bench-runs-"), config)
     try:
         _, seconds = timed(workflow.head_job, run, Progress(), Path("/"))
     finally:

@@ -3,7 +3,9 @@
 Keras reads KERAS_HOME once, at import, so it is pointed at a writable cache
 that links the real ImageNet weights from ../shared before anything imports keras.
 """
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -15,15 +17,24 @@ SHARED_WEIGHTS = SHARED / "keras" / "models"
 SHARED_DATASETS = SHARED / "datasets"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-_keras_home = Path(tempfile.mkdtemp(prefix="keras-home-"))
+
+
+def _scratch(prefix: str) -> str:
+    """A temporary folder removed when the test session's process exits (the caches take GBs)."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+_keras_home = Path(_scratch("keras-home-"))
 (_keras_home / "models").mkdir()
 if SHARED_WEIGHTS.is_dir():
     for weights_file in SHARED_WEIGHTS.glob("*.h5"):
         (_keras_home / "models" / weights_file.name).symlink_to(weights_file)
 os.environ["KERAS_HOME"] = str(_keras_home)
 # Generated demo data, extracted uploads and runs go to temp dirs, not the user's home.
-os.environ["TL_CACHE_DIR"] = tempfile.mkdtemp(prefix="tl-cache-")
-os.environ["TL_RUNS_DIR"] = tempfile.mkdtemp(prefix="tl-runs-")
+os.environ["TL_CACHE_DIR"] = _scratch("tl-cache-")
+os.environ["TL_RUNS_DIR"] = _scratch("tl-runs-")
 
 
 @pytest.fixture(scope="session")
