@@ -32,6 +32,7 @@ from core.model import backbones
 from core.model.augmentation import build_augmentation
 from core.model.build import build_model
 from core.model.classifier import Classifier
+from core.model.tunable_head import copy_head_weights
 from core.results import evaluation, export
 from core.training import feature_cache, lr_finder, runs, sweep
 from core.training import phases as training
@@ -259,9 +260,7 @@ def _trial_as_run(run: Run, progress, data_root: Path | None = None) -> dict:
     for kind, values in (("best", recorder.best_weights), ("final", recorder.final_weights)):
         if values is not None:
             recorder.model.set_weights(values)
-            for layer in part.trainable.layers:
-                if layer.trainable_weights:
-                    layer.set_weights(recorder.model.get_layer(layer.name).get_weights())
+            copy_head_weights(recorder.model, part.trainable)
             weights[kind] = part.trainable.get_weights()
     result = training.PhaseResult(phase="head", path="features", history=recorder.records,
                                   seconds=time.perf_counter() - started, stopped=recorder.stopped,

@@ -16,6 +16,7 @@ from core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from core.errors import UserError
 from core.model import backbones
 from core.model.build import add_head, compile_model
+from core.model.tunable_head import TunableDropout
 from core.training import lr_finder, runs, sweep
 from core.training.progress import Progress
 
@@ -113,7 +114,7 @@ def test_a_trial_scores_the_same_on_a_shared_head_as_on_a_new_one():
 
 
 def test_the_sweep_dropout_drops_at_its_rate_and_keeps_the_expected_value():
-    layer = sweep.TunableDropout(seed=0)
+    layer = TunableDropout(seed=0)
     inputs = keras.ops.ones((400, 50))
     layer.build(inputs.shape)
     for rate in (0.0, 0.25, 0.5):

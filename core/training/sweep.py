@@ -20,8 +20,9 @@ import keras
 import numpy as np
 import optuna
 
-from core.config import ModelConfig, RunConfig
+from core.config import RunConfig
 from core.model import build as model_lib
+from core.model.tunable_head import set_dropout, tunable_head
 from core.training.fast_path import steps_per_epoch, view_batches
 from core.training.phases import class_weights
 
@@ -94,30 +95,10 @@ class _TrialScores(keras.callbacks.Callback):
             logs.update(val_loss=self.losses[-1], val_accuracy=self.accuracies[-1])
 
 
-class TunableDropout(keras.layers.Layer):
-    """Dropout whose rate is a variable (`rate`, float32 scalar in [0, 1)), so one traced
-    training step serves every rate a sweep tries. In training each unit is kept with
-    probability 1 - rate and scaled by 1 / (1 - rate), as in `keras.layers.Dropout`;
-    otherwise it passes its input through. Named "dropout", as the head's Dropout."""
-
-    def __init__(self, seed: int, **kwargs):
-        super().__init__(name=model_lib.DROPOUT, **kwargs)
-        self.seed_generator = keras.random.SeedGenerator(seed)
-
-    def build(self, input_shape):
-        self.rate = self.add_weight(shape=(), initializer="zeros", trainable=False, name="rate")
-
-    def call(self, inputs, training=False):
-        if not training:
-            return inputs
-        kept = keras.random.uniform(keras.ops.shape(inputs), seed=self.seed_generator) >= self.rate
-        return keras.ops.where(kept, inputs / (1.0 - self.rate), 0.0)
-
-
 class TrialHeads:
-    """The compiled heads a sweep's trials train, one per structure (hidden units,
-    optimizer), each with Keras' training step traced once for all the trials that use it
-    (tracing is about half of a short trial's time).
+    """The compiled heads a sweep's trials train (`core.model.tunable_head`), one per
+    structure (hidden units, optimizer), each with Keras' training step traced once for
+    all the trials that use it (tracing is about half of a short trial's time).
 
     `get(params)` returns the structure's head reset to the state it was built in (its
     initial weights from `seed`, a new optimizer state, the dropout's random stream) with
@@ -137,16 +118,13 @@ class TrialHeads:
         head, variables, initial = self._built[key]
         for variable, value in zip(variables, initial):
             variable.assign(value)
-        head.get_layer(model_lib.DROPOUT).rate.assign(float(params["dropout"]))
+        set_dropout(head, params["dropout"])
         head.optimizer.learning_rate = float(params["learning_rate"])
         return head
 
     def _build(self, hidden_units: int, optimizer: str):
         keras.utils.set_random_seed(self.seed)
-        inputs = keras.Input(self.feature_shape, name="features")
-        logits = model_lib.add_head(inputs, ModelConfig(hidden_units=hidden_units), self.num_classes,
-                                    dropout=TunableDropout(self.seed))
-        head = keras.Model(inputs, logits)
+        head = tunable_head(self.feature_shape, hidden_units, self.num_classes, self.seed)
         model_lib.compile_model(head, optimizer, 1e-3, self.num_classes, steps_per_execution=self.steps)
         head.optimizer.build(head.trainable_variables)
         variables = head.variables + head.optimizer.variables
